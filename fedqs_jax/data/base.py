@@ -1,0 +1,58 @@
+"""The on-device layout of a federated dataset.
+
+All training examples live in one array; each client owns a row of an index
+table. Shapes are static for a run, so the training scan can gather a
+client's minibatch with plain indexing inside `jit`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+
+class FederatedData(NamedTuple):
+  """A federated dataset, ready for the engine.
+
+  Attributes:
+    x_train: [n_train, *feature_shape] float32, every client's examples.
+    y_train: [n_train] int32 labels.
+    client_index: [N, max_n] int32 rows into `x_train`; entries at positions
+      >= `client_count[i]` are padding (0) and are never read unmasked.
+    client_count: [N] int32 number of examples of each client (0 is legal).
+    x_test: [n_test, *feature_shape] float32, the server's test set.
+    y_test: [n_test] int32.
+    num_classes: number of label classes (a Python int, static).
+  """
+
+  x_train: jnp.ndarray
+  y_train: jnp.ndarray
+  client_index: jnp.ndarray
+  client_count: jnp.ndarray
+  x_test: jnp.ndarray
+  y_test: jnp.ndarray
+  num_classes: int
+
+  @property
+  def num_clients(self) -> int:
+    return int(self.client_index.shape[0])
+
+  @property
+  def max_client_size(self) -> int:
+    return int(self.client_index.shape[1])
+
+  @property
+  def feature_shape(self) -> tuple[int, ...]:
+    return tuple(self.x_train.shape[1:])
+
+
+def index_table(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+  """Packs per-client example indices into a padded [N, max_n] table and counts."""
+  counts = np.array([len(p) for p in parts], dtype=np.int32)
+  width = max(int(counts.max(initial=0)), 1)
+  table = np.zeros((len(parts), width), dtype=np.int32)
+  for i, p in enumerate(parts):
+    table[i, : len(p)] = p
+  return table, counts
