@@ -1,0 +1,107 @@
+"""Federated datasets: a registry of offline loaders behind one `load(config, seed)`.
+
+The data config (an `ml_collections.ConfigDict`, usually `config.data`) has
+the fields
+
+  name             one of `DATASETS`
+  num_clients      N >= 1
+  partition        one of `PARTITIONS` (digits; synthetic has its own clients)
+  dirichlet_alpha  > 0, read only when partition == "dirichlet"
+  test_fraction    in (0, 1), share held out as the server's test set
+  synthetic_alpha  >= 0, read only when name == "synthetic"
+  synthetic_beta   >= 0, read only when name == "synthetic"
+
+Error messages name fields as `data.<field>`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from fedqs_jax.data.base import FederatedData, index_table
+from fedqs_jax.data.digits import load_digits
+from fedqs_jax.data.synthetic import load_synthetic
+from fedqs_jax.errors import ConfigError, check
+
+__all__ = [
+  "DATASETS",
+  "PARTITIONS",
+  "FederatedData",
+  "index_table",
+  "load",
+  "load_digits",
+  "load_synthetic",
+  "validate",
+]
+
+DATASETS = ("digits", "synthetic")
+PARTITIONS = ("iid", "dirichlet")
+
+
+def _field(config: ml_collections.ConfigDict, name: str) -> Any:
+  if name not in config:
+    raise ConfigError(f"data.{name} is missing from the data config")
+  return config[name]
+
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises `ConfigError` naming the field and its allowed range for a bad data config."""
+  name = _field(config, "name")
+  check(name in DATASETS, "data.name", name, f"must be one of {DATASETS}")
+  num_clients = _field(config, "num_clients")
+  check(
+    isinstance(num_clients, int) and not isinstance(num_clients, bool) and num_clients >= 1,
+    "data.num_clients",
+    num_clients,
+    "must be an integer >= 1",
+  )
+  partition = _field(config, "partition")
+  check(partition in PARTITIONS, "data.partition", partition, f"must be one of {PARTITIONS}")
+  if partition == "dirichlet":
+    alpha = _field(config, "dirichlet_alpha")
+    check(_is_number(alpha) and alpha > 0, "data.dirichlet_alpha", alpha, "must be > 0")
+  test_fraction = _field(config, "test_fraction")
+  check(
+    _is_number(test_fraction) and 0 < test_fraction < 1,
+    "data.test_fraction",
+    test_fraction,
+    "must be in (0, 1)",
+  )
+  if name == "synthetic":
+    for field in ("synthetic_alpha", "synthetic_beta"):
+      value = _field(config, field)
+      check(_is_number(value) and value >= 0, f"data.{field}", value, "must be >= 0")
+
+
+def load(config: ml_collections.ConfigDict, seed: int) -> FederatedData:
+  """Validates `config` and loads the named dataset, its arrays on the default device.
+
+  Args:
+    config: the data config (fields in the module docstring).
+    seed: integer seed of the data's NumPy streams (split, partition, generation).
+
+  Returns:
+    `FederatedData`; see `load_digits` and `load_synthetic` for shapes.
+  """
+  validate(config)
+  if config.name == "digits":
+    return load_digits(
+      num_clients=config.num_clients,
+      partition=config.partition,
+      dirichlet_alpha=config.get("dirichlet_alpha", 0.5),
+      test_fraction=config.test_fraction,
+      seed=seed,
+    )
+  return load_synthetic(
+    num_clients=config.num_clients,
+    alpha=config.synthetic_alpha,
+    beta=config.synthetic_beta,
+    test_fraction=config.test_fraction,
+    seed=seed,
+  )
