@@ -294,10 +294,7 @@ def _tick(
     ]
     counter = jnp.where(start, 1, jnp.where(upload, 0, s.counter + 1))
     overflow = (
-      s.overflow
-      | (n_start > s.top)
-      | (s.num_started + n_start > cap_d)
-      | (s.tail + n_up > cap_b)
+      s.overflow | (n_start > s.top) | (s.num_started + n_start > cap_d) | (s.tail + n_up > cap_b)
     )
     return _TickState(
       counter,

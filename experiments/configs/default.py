@@ -1,0 +1,71 @@
+"""The default comparison: FedAvg, FedSGD, FedBuff and FedAsync on one schedule.
+
+Digits (scikit-learn's bundled 8x8 handwritten digits), N = 100 clients,
+HeteroDiri Dirichlet 0.1, latencies drawn from 1..50 (speed ratio 1:50),
+semi-asynchronous aggregation of K = 10 arrivals, an MLP.
+
+  python -m experiments.main --workdir=runs/default
+
+Every field can be overridden on the command line, e.g.
+`--config.schedule.num_rounds=100 --config.algorithms=fedavg,fedbuff`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.algorithms = "fedavg,fedsgd,fedbuff,fedasync"
+  config.seed = 0  # root seed: schedule, initialisation and local training
+  config.num_seeds = 1  # seeds seed .. seed + num_seeds - 1, run as one vmapped batch
+  config.target_accuracy = 0.8
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "digits"
+  config.data.num_clients = 100
+  config.data.partition = "dirichlet"
+  config.data.dirichlet_alpha = 0.1
+  config.data.test_fraction = 0.2
+  config.data.synthetic_alpha = 1.0
+  config.data.synthetic_beta = 1.0
+  config.data.seed = 0  # the partition is shared by all seeds of a run
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "mlp"
+  config.model.hidden = (64,)
+  config.model.channels = (16, 32)
+
+  config.schedule = ml_collections.ConfigDict()
+  config.schedule.protocol = "semi_async"
+  config.schedule.num_rounds = 300
+  config.schedule.buffer_size = 10  # K
+  config.schedule.clients_per_round = 0  # M for `sync`; 0 = all clients
+
+  config.time = ml_collections.ConfigDict()
+  config.time.distribution = "deterministic"
+  config.time.latency_file = ""  # e.g. ../shared/data/fedqs_resources/resources_No_100_max_50.csv
+  config.time.latencies = ml_collections.config_dict.placeholder(tuple)
+  config.time.speed_ratio = 50  # used when neither a file nor a list is given
+  config.time.seed = 0
+  config.time.sigma = 0.5  # lognormal only
+
+  config.local = ml_collections.ConfigDict()
+  config.local.batch_size = 32
+  config.local.epochs = 2
+  config.local.steps = 0
+  config.local.lr = 0.1
+  config.local.momentum = 0.0
+  config.local.clip = 20.0
+
+  config.engine = ml_collections.ConfigDict()
+  config.engine.client_mode = "vmap"
+  config.engine.round_mode = "scan"
+  config.engine.local_unroll = 1
+  config.engine.eval_every = 10
+
+  config.fedsgd = ml_collections.ConfigDict(dict(server_lr=1.0))
+  config.fedbuff = ml_collections.ConfigDict(dict(server_lr=1.0, beta=0.5, server_momentum=0.0))
+  config.fedasync = ml_collections.ConfigDict(
+    dict(alpha=0.6, staleness="polynomial", poly_a=0.5, hinge_a=10.0, hinge_b=4.0)
+  )
+  return config

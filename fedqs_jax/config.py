@@ -1,0 +1,155 @@
+"""Validating a run's `ml_collections.ConfigDict` and building its time model.
+
+`validate` checks every field before anything is compiled and raises one
+`ConfigError` naming the field and its allowed range. The config layout is the
+one of `experiments/configs/default.py`.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import ml_collections
+import numpy as np
+
+from fedqs_jax import algorithms, data, models, schedule
+from fedqs_jax.engine import CLIENT_MODES, ROUND_MODES
+from fedqs_jax.errors import ConfigError, check
+
+
+def algorithm_names(config: ml_collections.ConfigDict) -> list[str]:
+  """`config.algorithms` ("fedavg,fedsgd" or a sequence) as a list of names."""
+  names = config.algorithms
+  if isinstance(names, str):
+    names = [n.strip() for n in names.split(",") if n.strip()]
+  return list(names)
+
+
+def seeds(config: ml_collections.ConfigDict) -> list[int]:
+  return [config.seed + i for i in range(config.num_seeds)]
+
+
+def load_latencies(time: ml_collections.ConfigDict, num_clients: int) -> np.ndarray:
+  """Per-client mean latencies [N] from a CSV file, a list, or a speed ratio 1:R.
+
+  A CSV holds one comma-separated row of integer ticks per draw; as in the FedQS
+  reference, the LAST row is used and its first N values. With `speed_ratio` R
+  the latencies are drawn uniformly from {1, ..., R} with `time.seed`.
+  """
+  if time.latency_file:
+    path = time.latency_file
+    check(os.path.isfile(path), "time.latency_file", path, "must be an existing CSV file")
+    with open(path, newline="") as f:
+      rows = [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
+    check(bool(rows), "time.latency_file", path, "must contain at least one row")
+    cells = [cell.strip() for cell in rows[-1] if cell.strip()]
+    try:
+      values = [int(cell) for cell in cells]
+    except ValueError:
+      raise ConfigError(
+        f"time.latency_file={path!r} is invalid: its last row must hold integers, "
+        f"found {cells[:5]}..."
+      ) from None
+    check(
+      len(values) >= num_clients,
+      "time.latency_file",
+      path,
+      f"its last row must hold at least data.num_clients={num_clients} values, found {len(values)}",
+    )
+    latencies = np.asarray(values[:num_clients], dtype=np.float64)
+    field = "time.latency_file"
+  elif time.latencies:
+    latencies = np.asarray(time.latencies, dtype=np.float64)
+    check(
+      latencies.ndim == 1 and len(latencies) >= num_clients,
+      "time.latencies",
+      tuple(time.latencies),
+      f"must list at least data.num_clients={num_clients} values",
+    )
+    latencies = latencies[:num_clients]
+    field = "time.latencies"
+  else:
+    ratio = time.speed_ratio
+    check(
+      isinstance(ratio, int) and ratio >= 1, "time.speed_ratio", ratio, "must be an integer >= 1"
+    )
+    rng = np.random.default_rng(time.seed)
+    latencies = rng.integers(1, ratio + 1, size=num_clients).astype(np.float64)
+    field = "time.speed_ratio"
+  check(
+    bool(np.all(np.isfinite(latencies)) and np.all(latencies > 0)),
+    field,
+    latencies.min(initial=np.inf),
+    "latencies must be positive and finite",
+  )
+  return latencies
+
+
+def time_model(config: ml_collections.ConfigDict) -> schedule.TimeModel:
+  latencies = load_latencies(config.time, config.data.num_clients)
+  return schedule.TimeModel(
+    latency=np.asarray(latencies, np.float32),
+    distribution=config.time.distribution,
+    sigma=float(config.time.sigma),
+  )
+
+
+def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> None:
+  """Raises `ConfigError` for the first invalid field; compiles nothing."""
+  names = algorithm_names(config)
+  check(bool(names), "algorithms", config.algorithms, "must name at least one algorithm")
+  for name in names:
+    algorithms.validate(name, config)
+  check(config.num_seeds >= 1, "num_seeds", config.num_seeds, "must be >= 1")
+  check(
+    0 < config.target_accuracy <= 1, "target_accuracy", config.target_accuracy, "must be in (0, 1]"
+  )
+  data.validate(config.data)
+  models.validate(config.model)
+
+  n = config.data.num_clients
+  s = config.schedule
+  check(s.protocol in schedule.PROTOCOLS, "schedule.protocol", s.protocol,
+        f"must be one of {schedule.PROTOCOLS}")  # fmt: skip
+  check(s.num_rounds >= 1, "schedule.num_rounds", s.num_rounds, "must be >= 1")
+  if s.protocol in ("semi_async", "tick"):
+    check(1 <= s.buffer_size <= n, "schedule.buffer_size", s.buffer_size,
+          f"must be in [1, data.num_clients={n}]")  # fmt: skip
+  if s.protocol == "sync":
+    check(0 <= s.clients_per_round <= n, "schedule.clients_per_round", s.clients_per_round,
+          f"must be in [1, data.num_clients={n}] (0: all clients)")  # fmt: skip
+
+  t = config.time
+  check(t.distribution in schedule.DISTRIBUTIONS, "time.distribution", t.distribution,
+        f"must be one of {schedule.DISTRIBUTIONS}")  # fmt: skip
+  if t.distribution == "lognormal":
+    check(t.sigma > 0, "time.sigma", t.sigma, "must be > 0")
+  latencies = load_latencies(t, n)
+  if s.protocol == "tick":
+    check(t.distribution == "deterministic", "time.distribution", t.distribution,
+          "the tick protocol needs 'deterministic' latencies")  # fmt: skip
+    check(bool(np.all(latencies == np.round(latencies))), "time.latencies",
+          latencies.tolist()[:5], "the tick protocol needs integer latencies")  # fmt: skip
+
+  loc = config.local
+  check(loc.batch_size >= 1, "local.batch_size", loc.batch_size, "must be >= 1")
+  check(loc.steps >= 0, "local.steps", loc.steps, "must be >= 0 (0: use local.epochs)")
+  if loc.steps == 0:
+    check(loc.epochs >= 1, "local.epochs", loc.epochs, "must be >= 1 when local.steps == 0")
+  check(loc.lr > 0, "local.lr", loc.lr, "must be > 0")
+  check(0 <= loc.momentum < 1, "local.momentum", loc.momentum, "must be in [0, 1)")
+  check(loc.clip > 0, "local.clip", loc.clip, "must be > 0")
+
+  e = config.engine
+  check(e.client_mode in CLIENT_MODES, "engine.client_mode", e.client_mode,
+        f"must be one of {CLIENT_MODES}")  # fmt: skip
+  check(e.round_mode in ROUND_MODES, "engine.round_mode", e.round_mode,
+        f"must be one of {ROUND_MODES}")  # fmt: skip
+  check(e.eval_every >= 1 and s.num_rounds % e.eval_every == 0, "engine.eval_every",
+        e.eval_every, f"must be >= 1 and divide schedule.num_rounds={s.num_rounds}")  # fmt: skip
+
+  if workdir is not None:
+    check(bool(workdir), "workdir", workdir, "must be a folder path")
+    check(not os.path.exists(workdir) or os.path.isdir(workdir), "workdir", workdir,
+          "exists and is not a folder")  # fmt: skip

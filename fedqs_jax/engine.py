@@ -1,0 +1,337 @@
+"""The training phase: a scan over rounds that consumes a `Schedule`.
+
+Per round t (see `fedqs_jax.schedule`):
+
+  1. gather the K arriving payloads from their slots of the payload buffer;
+  2. `algorithm.aggregate` -> global model w^(t+1);
+  3. train the clients dispatched with version t + 1, starting from w^(t+1)
+     (dispatch-time training), and write their payloads into their slots.
+
+Training at dispatch and delivering at arrival is exactly training at arrival
+on the dispatch snapshot, without keeping a history of global models.
+
+Every array function here works on a *batch of grid points* (leading axis G:
+seeds, later hyperparameters): one compile serves the whole batch.
+
+Execution modes (`ExecConfig`), because the fastest choice depends on the
+model and the backend:
+
+  client_mode  "vmap"   the dispatched clients of a round trained in lockstep;
+               "map"    one after another with `lax.map` (a while loop);
+               "unroll" one after another in straight-line code.
+  round_mode   "scan"   the rounds of a chunk as a `lax.scan`;
+               "unroll" the rounds of a chunk in straight-line code.
+  local_unroll unroll factor of the local-steps scan (True: fully unrolled).
+
+On XLA:CPU convolutions inside loops are slow, so CNNs want `unroll` modes;
+dense models want `vmap` + `scan`. `benchmarks/throughput.py` measures both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedqs_jax.algorithms.base import Algorithm, Arrivals, Broadcast, LocalSettings, tree_where
+from fedqs_jax.data.base import FederatedData
+from fedqs_jax.schedule import RoundEvents
+
+CLIENT_MODES = ("vmap", "map", "unroll")
+ROUND_MODES = ("scan", "unroll")
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalConfig:
+  """Static settings of local training (the dynamic lr, momentum, clip are hparams)."""
+
+  batch_size: int = 32
+  epochs: int = 2  # exact epochs over the client's own examples (used when steps == 0)
+  steps: int = 0  # if > 0: this many minibatch steps, examples drawn with replacement
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecConfig:
+  client_mode: str = "vmap"
+  round_mode: str = "scan"
+  local_unroll: int | bool = 1
+  eval_batch_size: int = 1024
+
+
+@flax.struct.dataclass
+class SimState:
+  """Everything a run carries between rounds (one grid point; a grid adds axis G).
+
+  Attributes:
+    params: w^t, the global model.
+    prev_params: w^(t-1) (equals w^0 at t = 0).
+    payloads: [S, ...] payload buffer, one slot per task in flight.
+    client_state: [N, ...] per-client algorithm state.
+    server_state: the algorithm's server state.
+    round: [] int32 number of aggregations so far.
+    key: PRNG key of local training (minibatch order, dropout).
+  """
+
+  params: Any
+  prev_params: Any
+  payloads: Any
+  client_state: Any
+  server_state: Any
+  round: jnp.ndarray
+  key: jax.Array
+
+
+class TrainStats(NamedTuple):
+  steps: jnp.ndarray  # [] int32 minibatch steps that touched at least one example
+  loss: jnp.ndarray  # [] float32 mean training loss over those steps
+
+
+class DeviceData(NamedTuple):
+  """The arrays of a `FederatedData` (passed to jitted functions, never closed over)."""
+
+  x_train: jnp.ndarray
+  y_train: jnp.ndarray
+  client_index: jnp.ndarray
+  client_count: jnp.ndarray
+  x_test: jnp.ndarray
+  y_test: jnp.ndarray
+
+
+def device_data(data: FederatedData) -> DeviceData:
+  return DeviceData(
+    data.x_train, data.y_train, data.client_index, data.client_count, data.x_test, data.y_test
+  )
+
+
+def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+  """Mean cross-entropy over the examples where `mask` is set (0 if none)."""
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1)
+
+
+class Engine:
+  """Builds the jitted functions of one (algorithm, model, data shape, static config).
+
+  Args:
+    algorithm: the algorithm record.
+    apply_fn: `apply_fn(params, x) -> logits`, pure.
+    data: the federated dataset (only its shapes are baked in).
+    num_slots: S, payload slots (`Schedule.num_slots`).
+    local: local-training settings.
+    execution: execution modes.
+  """
+
+  def __init__(
+    self,
+    algorithm: Algorithm,
+    apply_fn,
+    data: FederatedData,
+    num_slots: int,
+    local: LocalConfig = LocalConfig(),
+    execution: ExecConfig = ExecConfig(),
+  ):
+    self.algorithm = algorithm
+    self.apply_fn = apply_fn
+    self.num_clients = data.num_clients
+    self.max_client_size = data.max_client_size
+    self.num_slots = num_slots
+    self.local = local
+    self.execution = execution
+    self.steps_per_epoch = max(math.ceil(self.max_client_size / local.batch_size), 1)
+    self.num_local_steps = local.steps if local.steps > 0 else local.epochs * self.steps_per_epoch
+    self.traces = 0  # how many times the chunk function was traced (compiled)
+    self.init = jax.jit(jax.vmap(self._init, in_axes=(0, 0, 0, 0, 0, 0, None)))
+    self.run_chunk = jax.jit(
+      jax.vmap(self._run_chunk, in_axes=(0, 0, 0, None)), donate_argnums=(0,)
+    )
+    self.evaluate = jax.jit(jax.vmap(self._evaluate, in_axes=(0, None, None)))
+
+  # -- local training (one client) -------------------------------------------
+
+  def _batch_plan(self, key, count):
+    """Minibatch positions [steps, B] into the client's index row, and their mask."""
+    b, max_n = self.local.batch_size, self.max_client_size
+    if self.local.steps > 0:
+      u = jax.random.uniform(key, (self.local.steps, b))
+      positions = jnp.minimum((u * count).astype(jnp.int32), jnp.maximum(count - 1, 0))
+      return positions, jnp.broadcast_to(count > 0, positions.shape)
+    spe = self.steps_per_epoch
+    valid = jnp.arange(max_n) < count
+
+    def permutation(k):  # a uniform permutation of the client's `count` examples, padding last
+      return jnp.argsort(jnp.where(valid, jax.random.uniform(k, (max_n,)), 2.0))
+
+    perms = jax.vmap(permutation)(jax.random.split(key, self.local.epochs))  # [E, max_n]
+    pad = spe * b - max_n
+    perms = jnp.pad(perms, ((0, 0), (0, pad)))
+    mask = jnp.pad(valid, (0, pad))[None].repeat(self.local.epochs, 0)
+    return perms.reshape(-1, b), mask.reshape(-1, b)
+
+  def local_train(self, params, settings: LocalSettings, client, key, hparams, data: DeviceData):
+    """SGD with heavy-ball momentum (reset per task) and global-norm clipping."""
+    count = data.client_count[client]
+    row = data.client_index[client]
+    positions, mask = self._batch_plan(key, count)
+    opt = optax.chain(
+      optax.clip_by_global_norm(hparams["clip"]),
+      optax.sgd(settings.lr, momentum=settings.momentum),
+    )
+
+    def loss_fn(p, x, y, m):
+      return cross_entropy(self.apply_fn(p, x), y, m)
+
+    def step(carry, xs):
+      p, opt_state = carry
+      pos, m = xs
+      examples = row[pos]
+      loss, grads = jax.value_and_grad(loss_fn)(
+        p, data.x_train[examples], data.y_train[examples], m
+      )
+      updates, new_opt_state = opt.update(grads, opt_state, p)
+      active = jnp.any(m)
+      p = tree_where(active, optax.apply_updates(p, updates), p)
+      opt_state = tree_where(active, new_opt_state, opt_state)
+      return (p, opt_state), (loss, active)
+
+    (trained, _), (losses, active) = jax.lax.scan(
+      step, (params, opt.init(params)), (positions, mask), unroll=self.execution.local_unroll
+    )
+    steps = jnp.sum(active)
+    mean_loss = jnp.sum(jnp.where(active, losses, 0.0)) / jnp.maximum(steps, 1)
+    return trained, TrainStats(steps.astype(jnp.int32), mean_loss)
+
+  # -- dispatch: train a round's clients into their slots ----------------------
+
+  def _dispatch(self, state: SimState, clients, slots, mask, version, hparams, data):
+    """Trains the tasks dispatched with `version` from `state.params`; masked entries are no-ops."""
+    algo = self.algorithm
+    rows = jax.tree.map(lambda x: x[clients], state.client_state)
+    version_key = jax.random.fold_in(state.key, version)
+    keys = jax.vmap(lambda s: jax.random.fold_in(version_key, s))(slots)
+    counts = data.client_count[clients].astype(jnp.float32)
+
+    def one(client, row, key, count):
+      broadcast = Broadcast(state.params, state.prev_params, client, version, count)
+      settings, row = algo.client_begin(row, state.server_state, broadcast, hparams)
+      trained, stats = self.local_train(state.params, settings, client, key, hparams, data)
+      payload, row = algo.client_end(row, broadcast, trained, hparams)
+      return payload, row, stats
+
+    args = (clients, rows, keys, counts)
+    mode = self.execution.client_mode
+    if mode == "vmap":
+      payload, rows, stats = jax.vmap(one)(*args)
+    elif mode == "map":
+      payload, rows, stats = jax.lax.map(lambda a: one(*a), args)
+    elif mode == "unroll":
+      outs = [one(*jax.tree.map(lambda x, i=i: x[i], args)) for i in range(clients.shape[0])]
+      payload, rows, stats = jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+    else:
+      raise ValueError(f"unknown client_mode {mode!r}; expected one of {CLIENT_MODES}")
+
+    slot_index = jnp.where(mask, slots, self.num_slots)  # out of range: dropped
+    client_index = jnp.where(mask, clients, self.num_clients)
+    payloads = jax.tree.map(
+      lambda buf, new: buf.at[slot_index].set(new, mode="drop"), state.payloads, payload
+    )
+    client_state = jax.tree.map(
+      lambda cs, new: cs.at[client_index].set(new, mode="drop"), state.client_state, rows
+    )
+    steps = jnp.sum(jnp.where(mask, stats.steps, 0))
+    loss = jnp.sum(jnp.where(mask, stats.loss * stats.steps, 0.0)) / jnp.maximum(steps, 1)
+    return state.replace(payloads=payloads, client_state=client_state), {
+      "client_steps": steps,
+      "train_loss": loss,
+    }
+
+  # -- one grid point -----------------------------------------------------------
+
+  def _init(self, key, params, init_client, init_slot, init_mask, hparams, data) -> SimState:
+    """Initial state, with the version-0 tasks already trained into their slots.
+
+    `params` is the point's w^0; `key` its local-training key.
+    """
+    server_state, client_state = self.algorithm.init(params, self.num_clients)
+    probe = Broadcast(params, params, jnp.int32(0), jnp.int32(0), jnp.float32(1))
+    payload_shape = jax.eval_shape(
+      lambda: self.algorithm.client_end(
+        jax.tree.map(lambda x: x[0], client_state), probe, params, hparams
+      )[0]
+    )
+    payloads = jax.tree.map(lambda s: jnp.zeros((self.num_slots, *s.shape), s.dtype), payload_shape)
+    state = SimState(
+      params=params,
+      prev_params=params,
+      payloads=payloads,
+      client_state=client_state,
+      server_state=server_state,
+      round=jnp.zeros((), jnp.int32),
+      key=key,
+    )
+    state, _ = self._dispatch(state, init_client, init_slot, init_mask, jnp.int32(0), hparams, data)
+    return state
+
+  def _round(self, state: SimState, events: RoundEvents, hparams, data):
+    payload = jax.tree.map(lambda buf: buf[events.arrival_slot], state.payloads)
+    arrivals = Arrivals(
+      payload=payload,
+      client=events.arrival_client,
+      staleness=events.staleness,
+      num_examples=data.client_count[events.arrival_client].astype(jnp.float32),
+    )
+    params, server_state, metrics = self.algorithm.aggregate(
+      state.server_state, state.params, arrivals, hparams
+    )
+    state = state.replace(
+      params=params, prev_params=state.params, server_state=server_state, round=state.round + 1
+    )
+    state, train_metrics = self._dispatch(
+      state,
+      events.dispatch_client,
+      events.dispatch_slot,
+      events.dispatch_mask,
+      state.round,
+      hparams,
+      data,
+    )
+    return state, {**metrics, **train_metrics}
+
+  def _run_chunk(self, state: SimState, events: RoundEvents, hparams, data: DeviceData):
+    """Rounds of one chunk ([R] leading axis of `events`), then an evaluation."""
+    self.traces += 1  # Python side effect: runs at trace time only
+    step = functools.partial(self._round, hparams=hparams, data=data)
+    if self.execution.round_mode == "scan":
+      state, metrics = jax.lax.scan(step, state, events)
+    elif self.execution.round_mode == "unroll":
+      outs = []
+      for r in range(events.arrival_slot.shape[0]):
+        state, m = step(state, jax.tree.map(lambda x, r=r: x[r], events))
+        outs.append(m)
+      metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+    else:
+      raise ValueError(f"unknown round_mode {self.execution.round_mode!r}")
+    accuracy, loss = self._evaluate(state.params, data.x_test, data.y_test)
+    return state, metrics, {"test_accuracy": accuracy, "test_loss": loss}
+
+  def _evaluate(self, params, x, y):
+    """Accuracy and mean cross-entropy of `params` on (x, y), in fixed-size batches."""
+    n = x.shape[0]
+    b = min(self.execution.eval_batch_size, n)
+    batches = math.ceil(n / b)
+    pad = batches * b - n
+    xp = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1)).reshape(batches, b, *x.shape[1:])
+    yp = jnp.pad(y, (0, pad)).reshape(batches, b)
+    mp = (jnp.arange(batches * b) < n).reshape(batches, b)
+    correct, total_loss = 0.0, 0.0
+    for i in range(batches):  # few batches: straight-line code
+      logits = self.apply_fn(params, xp[i])
+      losses = optax.softmax_cross_entropy_with_integer_labels(logits, yp[i])
+      correct += jnp.sum((jnp.argmax(logits, -1) == yp[i]) * mp[i])
+      total_loss += jnp.sum(losses * mp[i])
+    return correct / n, total_loss / n

@@ -1,0 +1,258 @@
+"""Running a comparison: several algorithms on one shared schedule, seeds batched.
+
+`run(config, workdir)` validates the config (before compiling anything), loads
+the data, builds ONE seed-vmapped schedule, then trains every algorithm on it,
+chunk by chunk, and writes to `workdir`:
+
+  config.json    the resolved config
+  schedule.json  per-seed schedule summary (throughput, staleness, slots)
+  metrics.csv    long form, one row per (algorithm, seed, evaluated round)
+  summary.csv    one row per (algorithm, seed): final/best accuracy, time to target...
+  accuracy.png   accuracy vs round and vs simulated time
+
+All writes are atomic.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from fedqs_jax import algorithms, io, metrics, models, schedule
+from fedqs_jax import config as config_lib
+from fedqs_jax import data as data_lib
+from fedqs_jax.engine import Engine, ExecConfig, LocalConfig, device_data
+
+# Independent PRNG streams of a seed (fold_in of the seed's root key).
+SCHEDULE_STREAM, INIT_STREAM, TRAIN_STREAM = 0, 1, 2
+
+
+def seed_keys(seeds: list[int], stream: int) -> jax.Array:
+  """[G] keys: `fold_in(PRNGKey(seed), stream)` for each seed."""
+  return jnp.stack([jax.random.fold_in(jax.random.PRNGKey(s), stream) for s in seeds])
+
+
+def make_schedule(config: ml_collections.ConfigDict) -> schedule.Schedule:
+  """The run's schedule, one per seed ([G, ...])."""
+  s = config.schedule
+  return schedule.build(
+    seed_keys(config_lib.seeds(config), SCHEDULE_STREAM),
+    config_lib.time_model(config),
+    protocol=s.protocol,
+    num_rounds=s.num_rounds,
+    buffer_size=s.buffer_size,
+    clients_per_round=s.clients_per_round or None,
+  )
+
+
+def make_engine(
+  config: ml_collections.ConfigDict, algorithm, apply_fn, data, num_slots: int
+) -> Engine:
+  loc, e = config.local, config.engine
+  return Engine(
+    algorithm,
+    apply_fn,
+    data,
+    num_slots,
+    local=LocalConfig(batch_size=loc.batch_size, epochs=loc.epochs, steps=loc.steps),
+    execution=ExecConfig(
+      client_mode=e.client_mode, round_mode=e.round_mode, local_unroll=e.local_unroll
+    ),
+  )
+
+
+def grid_hparams(config: ml_collections.ConfigDict, algo_hparams: dict, size: int) -> dict:
+  """The dynamic hyperparameters, each a [G] float32 array."""
+  loc = config.local
+  flat = {"lr": loc.lr, "momentum": loc.momentum, "clip": loc.clip, **algo_hparams}
+  return {k: jnp.full((size,), v, jnp.float32) for k, v in flat.items()}
+
+
+def train(
+  config: ml_collections.ConfigDict,
+  algorithm_name: str,
+  data: data_lib.FederatedData,
+  sched: schedule.Schedule,
+  on_chunk: Callable[[int, int], None] | None = None,
+) -> dict[str, np.ndarray]:
+  """Trains one algorithm on the seed-batched schedule `sched`.
+
+  Returns per-seed arrays: `eval_round` [E], `test_accuracy` / `test_loss`
+  [G, E], and the per-round algorithm and training metrics [G, T].
+  """
+  module = models.build(config.model, data.num_classes)
+
+  def apply_fn(params, x):
+    return module.apply({"params": params}, x)
+
+  algorithm, algo_hparams = algorithms.build(algorithm_name, config)
+  seeds = config_lib.seeds(config)
+  hparams = grid_hparams(config, algo_hparams, len(seeds))
+  engine = make_engine(config, algorithm, apply_fn, data, sched.num_slots)
+  arrays = device_data(data)
+  sample = data.x_train[:1]
+  params = jax.vmap(lambda k: module.init(k, sample)["params"])(seed_keys(seeds, INIT_STREAM))
+  state = engine.init(
+    seed_keys(seeds, TRAIN_STREAM),
+    params,
+    sched.init_client,
+    sched.init_slot,
+    sched.init_mask,
+    hparams,
+    arrays,
+  )
+  chunk = config.engine.eval_every
+  num_chunks = sched.num_rounds // chunk
+  evals, round_metrics = [], []
+  for c in range(num_chunks):
+    events = sched.rounds(c * chunk, (c + 1) * chunk)
+    state, per_round, evaluation = engine.run_chunk(state, events, hparams, arrays)
+    evals.append(jax.device_get(evaluation))
+    round_metrics.append(per_round)
+    if on_chunk is not None:
+      on_chunk(c + 1, num_chunks)
+  out = {
+    "eval_round": np.arange(1, num_chunks + 1) * chunk,
+    "test_accuracy": np.stack([e["test_accuracy"] for e in evals], axis=1),
+    "test_loss": np.stack([e["test_loss"] for e in evals], axis=1),
+  }
+  for key in round_metrics[0]:
+    out[key] = np.concatenate([np.asarray(m[key]) for m in round_metrics], axis=1)
+  out["chunk_traces"] = engine.traces
+  return out
+
+
+def _rows(name, config, result, sched) -> tuple[list[dict], list[dict]]:
+  """Long-form metrics rows and summary rows of one algorithm."""
+  seeds = config_lib.seeds(config)
+  eval_round = result["eval_round"]
+  staleness = np.asarray(sched.staleness)  # [G, T, K]
+  round_time = np.asarray(sched.round_time)  # [G, T]
+  metric_rows, summary_rows = [], []
+  for g, seed in enumerate(seeds):
+    prev = 0
+    times = round_time[g, eval_round - 1]
+    for e, r in enumerate(eval_round):
+      window = staleness[g, prev:r]
+      metric_rows.append(
+        {
+          "algorithm": name,
+          "seed": seed,
+          "round": int(r),
+          "time": float(times[e]),
+          "test_accuracy": float(result["test_accuracy"][g, e]),
+          "test_loss": float(result["test_loss"][g, e]),
+          "staleness_mean": float(window.mean()),
+          "staleness_max": int(window.max()),
+          "train_loss": float(result["train_loss"][g, prev:r].mean()),
+          "client_steps": int(result["client_steps"][g, prev:r].sum()),
+        }
+      )
+      prev = r
+    stats = metrics.summarize(eval_round, times, result["test_accuracy"][g], config.target_accuracy)
+    summary_rows.append({"algorithm": name, "seed": seed, **stats})
+  return metric_rows, summary_rows
+
+
+def results_table(summary_rows: list[dict], target: float) -> str:
+  """The per-algorithm table (mean +- std over seeds) printed at the end of a run."""
+  header = (
+    f"{'algorithm':<12} {'final acc':>16} {'best acc':>9} "
+    f"{f'rounds to {target:.0%}':>16} {f'time to {target:.0%}':>16}"
+  )
+  lines = [header, "-" * len(header)]
+  names = list(dict.fromkeys(r["algorithm"] for r in summary_rows))
+  for name in names:
+    rows = [r for r in summary_rows if r["algorithm"] == name]
+    final = np.array([r["final_accuracy"] for r in rows])
+    best = np.array([r["best_accuracy"] for r in rows])
+
+    def reached(key, rows=rows):
+      vals = np.array([r[key] for r in rows])
+      ok = vals[np.isfinite(vals)]
+      return f"{ok.mean():.0f} ({len(ok)}/{len(vals)})" if ok.size else "never"
+
+    lines.append(
+      f"{name:<12} {100 * final.mean():>8.2f} +- {100 * final.std():>4.2f} "
+      f"{100 * best.mean():>9.2f} {reached('rounds_to_target'):>16} "
+      f"{reached('time_to_target'):>16}"
+    )
+  return "\n".join(lines)
+
+
+class Progress:
+  """One progress line per chunk (at most every `every` seconds) with the job's ETA."""
+
+  def __init__(self, total_rounds: int, stream=sys.stdout, every: float = 2.0):
+    self.total, self.done, self.stream, self.every = total_rounds, 0, stream, every
+    self.start = self.last = time.perf_counter()
+
+  def update(self, label: str, rounds: int, chunk: int, num_chunks: int) -> None:
+    self.done += rounds
+    now = time.perf_counter()
+    if chunk < num_chunks and now - self.last < self.every:
+      return
+    self.last = now
+    elapsed = now - self.start
+    eta = elapsed / self.done * (self.total - self.done)
+    print(
+      f"[{label}] chunk {chunk}/{num_chunks} | {self.done}/{self.total} rounds | "
+      f"{elapsed:5.0f}s elapsed | ETA {eta:5.0f}s",
+      file=self.stream,
+      flush=True,
+    )
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, stream=sys.stdout) -> dict[str, Any]:
+  """Validates, runs every algorithm of `config` on one schedule, writes `workdir`."""
+  config_lib.validate(config, workdir)
+  names = config_lib.algorithm_names(config)
+  os.makedirs(workdir, exist_ok=True)
+  io.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+
+  data = data_lib.load(config.data, config.data.seed)
+  sched = make_schedule(config)
+  seeds = config_lib.seeds(config)
+  summaries = {s: schedule.summary(schedule.unbatch(sched, g)) for g, s in enumerate(seeds)}
+  io.write_json(os.path.join(workdir, "schedule.json"), summaries)
+  first = summaries[seeds[0]]
+  print(
+    f"schedule: {config.schedule.protocol}, N={data.num_clients}, T={sched.num_rounds}, "
+    f"K={sched.buffer_size}, slots={sched.num_slots}, simulated time "
+    f"{first['simulated_time']:.1f}, staleness mean {first['staleness_mean']:.2f} "
+    f"max {first['staleness_max']}",
+    file=stream,
+    flush=True,
+  )
+
+  progress = Progress(len(names) * sched.num_rounds, stream)
+  metric_rows, summary_rows, results = [], [], {}
+  chunk = config.engine.eval_every
+  for name in names:
+    result = train(
+      config,
+      name,
+      data,
+      sched,
+      on_chunk=lambda c, n, name=name: progress.update(name, chunk, c, n),
+    )
+    m, s = _rows(name, config, result, sched)
+    metric_rows += m
+    summary_rows += s
+    results[name] = result
+  io.write_csv(os.path.join(workdir, "metrics.csv"), metric_rows)
+  io.write_csv(os.path.join(workdir, "summary.csv"), summary_rows)
+
+  from fedqs_jax import plotting  # matplotlib only when writing plots
+
+  plotting.accuracy_curves(metric_rows, os.path.join(workdir, "accuracy.png"))
+  print(results_table(summary_rows, config.target_accuracy), file=stream, flush=True)
+  return {"results": results, "summary": summary_rows, "metrics": metric_rows, "schedule": sched}
