@@ -493,8 +493,8 @@ def build(
 
 
 def unbatch(schedule: Schedule, index: int) -> Schedule:
-  """One seed of a seed-vmapped schedule."""
-  return jax.tree.map(lambda x: x[index], schedule)
+  """One seed of a seed-vmapped schedule (as host arrays)."""
+  return jax.tree.map(lambda x: np.asarray(x)[index], schedule)
 
 
 def summary(schedule: Schedule) -> dict:
