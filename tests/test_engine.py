@@ -1,0 +1,164 @@
+"""Training-phase invariants: exact local epochs, vmap == loop, equivalences, one trace."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedqs_jax import algorithms, engine, models, run
+from fedqs_jax.algorithms import LocalSettings
+from fedqs_jax.data import FederatedData, index_table
+from tests.common import tiny_config
+
+
+def handmade_data(sizes=(5, 0, 17, 1, 9)):
+  rng = np.random.default_rng(0)
+  n = sum(sizes)
+  bounds = np.cumsum((0, *sizes))
+  table, counts = index_table(
+    [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+  )
+  return FederatedData(
+    x_train=jnp.asarray(rng.normal(size=(n, 6)), jnp.float32),
+    y_train=jnp.asarray(rng.integers(0, 3, size=n), jnp.int32),
+    client_index=jnp.asarray(table),
+    client_count=jnp.asarray(counts),
+    x_test=jnp.asarray(rng.normal(size=(10, 6)), jnp.float32),
+    y_test=jnp.asarray(rng.integers(0, 3, size=10), jnp.int32),
+    num_classes=3,
+  )
+
+
+def make_engine(data, client_mode="vmap", batch_size=4, epochs=2, algorithm="fedavg"):
+  config = tiny_config()
+  module = models.MLP(num_classes=data.num_classes, hidden=(8,))
+  algo, _ = algorithms.build(algorithm, config)
+  eng = engine.Engine(
+    algo,
+    lambda p, x: module.apply({"params": p}, x),
+    data,
+    num_slots=data.num_clients,
+    local=engine.LocalConfig(batch_size=batch_size, epochs=epochs),
+    execution=engine.ExecConfig(client_mode=client_mode),
+  )
+  params = module.init(jax.random.PRNGKey(0), data.x_train[:1])["params"]
+  return eng, params
+
+
+HPARAMS = {"lr": jnp.float32(0.1), "momentum": jnp.float32(0.5), "clip": jnp.float32(20.0)}
+SETTINGS = LocalSettings(lr=jnp.float32(0.1), momentum=jnp.float32(0.5))
+
+
+@pytest.mark.parametrize("count", [0, 1, 4, 5, 17])
+def test_local_epochs_visit_each_example_once_per_epoch(count):
+  data = handmade_data()
+  eng, _ = make_engine(data, batch_size=4, epochs=3)
+  positions, mask = jax.jit(eng._batch_plan)(jax.random.PRNGKey(1), count)
+  positions, mask = np.asarray(positions), np.asarray(mask)
+  spe = eng.steps_per_epoch  # ceil(max_n / B) = ceil(17 / 4) = 5
+  assert positions.shape == (3 * spe, 4)
+  for e in range(3):
+    seen = positions[e * spe : (e + 1) * spe][mask[e * spe : (e + 1) * spe]]
+    assert sorted(seen.tolist()) == list(range(count))
+  active = mask.any(1).sum()
+  assert active == 3 * -(-count // 4)
+  if count > 4:  # epochs use fresh permutations
+    first = positions[:spe][mask[:spe]]
+    second = positions[spe : 2 * spe][mask[spe : 2 * spe]]
+    assert not np.array_equal(first, second)
+
+
+def test_empty_client_trains_zero_steps_and_keeps_the_model():
+  data = handmade_data()
+  eng, params = make_engine(data)
+  dd = engine.device_data(data)
+  trained, stats = jax.jit(eng.local_train)(params, SETTINGS, 1, jax.random.PRNGKey(0), HPARAMS, dd)
+  assert int(stats.steps) == 0
+  jax.tree.map(np.testing.assert_array_equal, trained, params)
+  trained, stats = jax.jit(eng.local_train)(params, SETTINGS, 2, jax.random.PRNGKey(0), HPARAMS, dd)
+  assert int(stats.steps) == 2 * 5  # 17 examples, batch 4: 5 steps per epoch
+  assert not np.allclose(trained["Dense_0"]["kernel"], params["Dense_0"]["kernel"])
+
+
+def test_vmapped_local_training_equals_a_python_loop():
+  data = handmade_data()
+  eng, params = make_engine(data)
+  dd = engine.device_data(data)
+  clients = jnp.arange(5)
+  keys = jax.random.split(jax.random.PRNGKey(2), 5)
+  batched = jax.jit(jax.vmap(lambda c, k: eng.local_train(params, SETTINGS, c, k, HPARAMS, dd)))(
+    clients, keys
+  )
+  one = jax.jit(lambda c, k: eng.local_train(params, SETTINGS, c, k, HPARAMS, dd))
+  for i in range(5):
+    trained, stats = one(clients[i], keys[i])
+    jax.tree.map(
+      lambda b, t, i=i: np.testing.assert_allclose(b[i], t, rtol=1e-5, atol=1e-6),
+      batched[0],
+      trained,
+    )
+    assert int(batched[1].steps[i]) == int(stats.steps)
+
+
+def test_client_modes_give_the_same_payloads():
+  data = handmade_data()
+  outs = []
+  for mode in engine.CLIENT_MODES:
+    eng, params = make_engine(data, client_mode=mode, algorithm="fedsgd")
+    hp = {k: v[None] for k, v in {**HPARAMS, "server_lr": jnp.float32(1.0)}.items()}
+    state = eng.init(
+      jax.random.PRNGKey(0)[None],
+      jax.tree.map(lambda x: x[None], params),
+      jnp.arange(5)[None],
+      jnp.arange(5)[None],
+      jnp.ones((1, 5), bool),
+      hp,
+      engine.device_data(data),
+    )
+    outs.append(state.payloads)
+  for other in outs[1:]:
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), outs[0], other
+    )
+
+
+def _train(config, name="fedavg"):
+  from fedqs_jax import data as data_lib
+
+  data = data_lib.load(config.data, config.data.seed)
+  sched = run.make_schedule(config)
+  return run.train(config, name, data, sched)
+
+
+def test_semi_async_with_equal_latencies_and_full_buffer_is_synchronous_fedavg():
+  n = 12
+  common = {"time.latencies": (4,) * n, "schedule.num_rounds": 10}
+  semi = _train(tiny_config(**common, **{"schedule.protocol": "semi_async",
+                                         "schedule.buffer_size": n}))  # fmt: skip
+  sync = _train(tiny_config(**common, **{"schedule.protocol": "sync"}))
+  np.testing.assert_array_equal(semi["test_accuracy"], sync["test_accuracy"])
+  np.testing.assert_array_equal(semi["test_loss"], sync["test_loss"])
+
+
+def test_fedsgd_equals_fedavg_without_staleness():
+  config = tiny_config(**{"schedule.protocol": "sync", "schedule.num_rounds": 10})
+  avg = _train(config, "fedavg")
+  sgd = _train(config, "fedsgd")
+  np.testing.assert_allclose(avg["test_loss"], sgd["test_loss"], rtol=1e-4)
+
+
+def test_chunks_trace_once_and_same_seed_gives_same_numbers():
+  config = tiny_config(**{"engine.round_mode": "scan"})
+  first = _train(config)
+  assert first["chunk_traces"] == 1  # 4 chunks, one trace
+  second = _train(config)
+  for key in ("test_accuracy", "test_loss", "train_loss", "client_steps"):
+    np.testing.assert_array_equal(first[key], second[key])
+
+
+def test_round_modes_agree_and_seed_batch_equals_solo_runs():
+  batch = _train(tiny_config(**{"num_seeds": 2}))
+  solo = _train(tiny_config(**{"seed": 1, "engine.round_mode": "unroll"}))
+  np.testing.assert_allclose(batch["test_loss"][1], solo["test_loss"][0], rtol=1e-5)
+  np.testing.assert_array_equal(batch["client_steps"][1], solo["client_steps"][0])
+  assert not np.array_equal(batch["test_loss"][0], batch["test_loss"][1])
