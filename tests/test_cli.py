@@ -1,4 +1,4 @@
-"""The command line: a shrunk default run writes every output; bad input exits 2 before compiling."""
+"""The command line: a shrunk default run writes every output; bad input exits 2."""
 
 import csv
 import json
