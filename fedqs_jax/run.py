@@ -64,7 +64,10 @@ def make_engine(
     num_slots,
     local=LocalConfig(batch_size=loc.batch_size, epochs=loc.epochs, steps=loc.steps),
     execution=ExecConfig(
-      client_mode=e.client_mode, round_mode=e.round_mode, local_unroll=e.local_unroll
+      client_mode=e.client_mode,
+      round_mode=e.round_mode,
+      local_unroll=e.local_unroll,
+      rounds_per_chunk=e.eval_every,
     ),
   )
 
@@ -111,9 +114,9 @@ def train(
   )
   chunk = config.engine.eval_every
   num_chunks = sched.num_rounds // chunk
+  events = sched.events()
   evals, round_metrics = [], []
   for c in range(num_chunks):
-    events = sched.rounds(c * chunk, (c + 1) * chunk)
     state, per_round, evaluation = engine.run_chunk(state, events, hparams, arrays)
     evals.append(jax.device_get(evaluation))
     round_metrics.append(per_round)

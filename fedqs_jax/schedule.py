@@ -126,28 +126,27 @@ class Schedule:
     disp = np.where(np.asarray(self.dispatch_mask), np.asarray(self.dispatch_slot), -1)
     return int(max(init.max(initial=-1), disp.max(initial=-1))) + 1
 
-  def rounds(self, start: int, stop: int) -> RoundEvents:
-    """The per-round events of rounds [start, stop) (the training scan's `xs`)."""
-    sl = (..., slice(start, stop), slice(None))
+  def events(self) -> RoundEvents:
+    """The per-round events of all rounds (the training scan's `xs`, sliced per chunk)."""
     return RoundEvents(
-      arrival_slot=self.arrival_slot[sl],
-      arrival_client=self.arrival_client[sl],
-      staleness=self.staleness[sl],
-      dispatch_client=self.dispatch_client[sl],
-      dispatch_slot=self.dispatch_slot[sl],
-      dispatch_mask=self.dispatch_mask[sl],
+      arrival_slot=self.arrival_slot,
+      arrival_client=self.arrival_client,
+      staleness=self.staleness,
+      dispatch_client=self.dispatch_client,
+      dispatch_slot=self.dispatch_slot,
+      dispatch_mask=self.dispatch_mask,
     )
 
 
 class RoundEvents(NamedTuple):
   """What the training scan consumes per round (leading axis: rounds)."""
 
-  arrival_slot: jnp.ndarray  # [R, K] int32
-  arrival_client: jnp.ndarray  # [R, K] int32
-  staleness: jnp.ndarray  # [R, K] int32
-  dispatch_client: jnp.ndarray  # [R, D] int32
-  dispatch_slot: jnp.ndarray  # [R, D] int32
-  dispatch_mask: jnp.ndarray  # [R, D] bool
+  arrival_slot: jnp.ndarray  # [T, K] int32
+  arrival_client: jnp.ndarray  # [T, K] int32
+  staleness: jnp.ndarray  # [T, K] int32
+  dispatch_client: jnp.ndarray  # [T, D] int32
+  dispatch_slot: jnp.ndarray  # [T, D] int32
+  dispatch_mask: jnp.ndarray  # [T, D] bool
 
 
 # ---------------------------------------------------------------------------

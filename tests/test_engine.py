@@ -162,3 +162,32 @@ def test_round_modes_agree_and_seed_batch_equals_solo_runs():
   np.testing.assert_allclose(batch["test_loss"][1], solo["test_loss"][0], rtol=1e-5)
   np.testing.assert_array_equal(batch["client_steps"][1], solo["client_steps"][0])
   assert not np.array_equal(batch["test_loss"][0], batch["test_loss"][1])
+
+
+def test_chunk_loop_makes_no_host_to_device_transfers():
+  from fedqs_jax import data as data_lib
+
+  config = tiny_config()
+  data = data_lib.load(config.data, config.data.seed)
+  sched = run.make_schedule(config)
+  module = models.build(config.model, data.num_classes)
+  algo, algo_hparams = algorithms.build("fedavg", config)
+  eng = run.make_engine(
+    config, algo, lambda p, x: module.apply({"params": p}, x), data, sched.num_slots
+  )
+  hparams = run.grid_hparams(config, algo_hparams, 1)
+  arrays = engine.device_data(data)
+  params = jax.vmap(lambda k: module.init(k, data.x_train[:1])["params"])(
+    run.seed_keys([0], run.INIT_STREAM)
+  )
+  state = eng.init(
+    run.seed_keys([0], run.TRAIN_STREAM), params, sched.init_client, sched.init_slot,
+    sched.init_mask, hparams, arrays,
+  )  # fmt: skip
+  events = sched.events()
+  state, _, _ = eng.run_chunk(state, events, hparams, arrays)  # compiles
+  with jax.transfer_guard_host_to_device("disallow"):
+    for _ in range(3):
+      state, _, evaluation = eng.run_chunk(state, events, hparams, arrays)
+  assert int(state.round[0]) == 20
+  assert eng.traces == 1
