@@ -107,6 +107,9 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
   )
   data.validate(config.data)
   models.validate(config.model)
+  if config.model.name == "cnn":
+    check(config.data.name in data.IMAGE_DATASETS, "model.name", config.model.name,
+          f"the cnn needs image data: data.name in {data.IMAGE_DATASETS}")  # fmt: skip
 
   n = config.data.num_clients
   s = config.schedule

@@ -82,6 +82,7 @@ BAD = [
   ({"algorithms": ""}, "algorithms"),
   ({"data.name": "imagenet"}, "data.name"),
   ({"model.name": "transformer"}, "model.name"),
+  ({"model.name": "cnn", "data.name": "synthetic"}, "model.name"),
   ({"schedule.protocol": "gossip"}, "schedule.protocol"),
   ({"data.dirichlet_alpha": 0.0}, "data.dirichlet_alpha"),
   ({"data.dirichlet_alpha": -1.0}, "data.dirichlet_alpha"),

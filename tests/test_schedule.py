@@ -3,6 +3,8 @@
 import csv
 import os
 
+import hypothesis
+import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -207,3 +209,21 @@ def test_overflowing_capacity_is_reported():
                           buffer_size=5, buffer_capacity=20)  # fmt: skip
   with pytest.raises(RuntimeError, match="overflow"):
     schedule.finalize(raw)
+
+
+@hypothesis.settings(max_examples=15, deadline=None)
+@hypothesis.given(
+  latency=st.lists(st.integers(1, 9), min_size=6, max_size=6),
+  k=st.integers(1, 6),
+)
+def test_tick_equals_reference_loop_on_random_latencies(latency, k):
+  # N = 6 and T = 25 are fixed so that at most 6 programs compile (one per K).
+  sched = schedule.unbatch(
+    schedule.build(jax.random.PRNGKey(0)[None],
+                   schedule.TimeModel(latency=jnp.asarray(latency, jnp.float32)),
+                   protocol="tick", num_rounds=25, buffer_size=k), 0)  # fmt: skip
+  ref = tick_reference(latency, k, 25)
+  np.testing.assert_array_equal(sched.round_time, [r[0] for r in ref])
+  np.testing.assert_array_equal(sched.arrival_client, [r[1] for r in ref])
+  np.testing.assert_array_equal(sched.arrival_version, [r[2] for r in ref])
+  check_invariants(sched, protocol="tick", num_clients=6, k=k)

@@ -27,6 +27,7 @@ from fedqs_jax.errors import ConfigError, check
 
 __all__ = [
   "DATASETS",
+  "IMAGE_DATASETS",
   "PARTITIONS",
   "FederatedData",
   "index_table",
@@ -37,6 +38,7 @@ __all__ = [
 ]
 
 DATASETS = ("digits", "synthetic")
+IMAGE_DATASETS = ("digits",)  # [n, H, W, C] features; the others are flat vectors
 PARTITIONS = ("iid", "dirichlet")
 
 
