@@ -191,3 +191,16 @@ def test_chunk_loop_makes_no_host_to_device_transfers():
       state, _, evaluation = eng.run_chunk(state, events, hparams, arrays)
   assert int(state.round[0]) == 20
   assert eng.traces == 1
+
+
+def test_gradient_clipping_bounds_every_step():
+  data = handmade_data()
+  eng, params = make_engine(data, batch_size=32, epochs=1)  # client 2: one step
+  dd = engine.device_data(data)
+  settings = LocalSettings(lr=jnp.float32(0.5), momentum=jnp.float32(0.0))
+  hp = {**HPARAMS, "clip": jnp.float32(1e-3)}
+  trained, stats = jax.jit(eng.local_train)(params, settings, 2, jax.random.PRNGKey(0), hp, dd)
+  assert int(stats.steps) == 1
+  moved = jax.tree.map(lambda a, b: jnp.sum((a - b) ** 2), trained, params)
+  norm = float(jnp.sqrt(sum(jax.tree.leaves(moved))))
+  np.testing.assert_allclose(norm, 0.5 * 1e-3, rtol=1e-3)  # lr * clip: the raw norm is larger
