@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 
 from fedqs_jax import algorithms, data, models, schedule
-from fedqs_jax.engine import CLIENT_MODES, ROUND_MODES
+from fedqs_jax.engine import CLIENT_MODES, LOCAL_LOOPS, ROUND_MODES
 from fedqs_jax.errors import ConfigError, check
 
 
@@ -149,6 +149,9 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
         f"must be one of {CLIENT_MODES}")  # fmt: skip
   check(e.round_mode in ROUND_MODES, "engine.round_mode", e.round_mode,
         f"must be one of {ROUND_MODES}")  # fmt: skip
+  check(e.local_loop in LOCAL_LOOPS, "engine.local_loop", e.local_loop,
+        f"must be one of {LOCAL_LOOPS}")  # fmt: skip
+  check(e.local_unroll >= 1, "engine.local_unroll", e.local_unroll, "must be >= 1")
   check(e.eval_every >= 1 and s.num_rounds % e.eval_every == 0, "engine.eval_every",
         e.eval_every, f"must be >= 1 and divide schedule.num_rounds={s.num_rounds}")  # fmt: skip
 

@@ -45,6 +45,7 @@ from fedqs_jax.schedule import RoundEvents
 
 CLIENT_MODES = ("vmap", "map", "unroll")
 ROUND_MODES = ("scan", "unroll")
+LOCAL_LOOPS = ("while", "scan")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +61,8 @@ class LocalConfig:
 class ExecConfig:
   client_mode: str = "vmap"
   round_mode: str = "scan"
-  local_unroll: int | bool = 1
+  local_loop: str = "while"
+  local_unroll: int | bool = 1  # for local_loop="scan"
   rounds_per_chunk: int = 10  # rounds per jitted call; the global model is evaluated after each
   eval_batch_size: int = 1024
 
@@ -155,30 +157,57 @@ class Engine:
 
   # -- local training (one client) -------------------------------------------
 
-  def _batch_plan(self, key, count):
-    """Minibatch positions [steps, B] into the client's index row, and their mask."""
-    b, max_n = self.local.batch_size, self.max_client_size
+  def num_steps(self, count):
+    """Local steps of a client with `count` examples: E * ceil(count / B), or `steps`."""
     if self.local.steps > 0:
-      u = jax.random.uniform(key, (self.local.steps, b))
-      positions = jnp.minimum((u * count).astype(jnp.int32), jnp.maximum(count - 1, 0))
-      return positions, jnp.broadcast_to(count > 0, positions.shape)
-    spe = self.steps_per_epoch
+      return jnp.where(count > 0, self.local.steps, 0)
+    return self.local.epochs * ((count + self.local.batch_size - 1) // self.local.batch_size)
+
+  def _orders(self, key, count):
+    """[E, max_n] one uniform permutation of the client's examples per epoch, padding last."""
+    max_n = self.max_client_size
     valid = jnp.arange(max_n) < count
+    keys = jax.random.split(key, max(self.local.epochs, 1))
+    return jax.vmap(lambda k: jnp.argsort(jnp.where(valid, jax.random.uniform(k, (max_n,)), 2.0)))(
+      keys
+    )
 
-    def permutation(k):  # a uniform permutation of the client's `count` examples, padding last
-      return jnp.argsort(jnp.where(valid, jax.random.uniform(k, (max_n,)), 2.0))
+  def _batch(self, key, orders, count, step):
+    """Positions [B] into the client's index row for local step `step`, and their mask.
 
-    perms = jax.vmap(permutation)(jax.random.split(key, self.local.epochs))  # [E, max_n]
-    pad = spe * b - max_n
-    perms = jnp.pad(perms, ((0, 0), (0, pad)))
-    mask = jnp.pad(valid, (0, pad))[None].repeat(self.local.epochs, 0)
-    return perms.reshape(-1, b), mask.reshape(-1, b)
+    Epoch mode: step s is batch s % spe of epoch s // spe with spe = ceil(count / B),
+    so the client's steps are a prefix and its last partial batch is masked. Steps
+    mode: B positions drawn uniformly with replacement.
+    """
+    b = self.local.batch_size
+    if self.local.steps > 0:
+      u = jax.random.uniform(jax.random.fold_in(key, step), (b,))
+      positions = jnp.minimum((u * count).astype(jnp.int32), jnp.maximum(count - 1, 0))
+      return positions, jnp.broadcast_to(count > 0, (b,))
+    spe = jnp.maximum((count + b - 1) // b, 1)
+    epoch = jnp.minimum(step // spe, self.local.epochs - 1)
+    index = (step % spe) * b + jnp.arange(b)
+    positions = orders[epoch, jnp.minimum(index, self.max_client_size - 1)]
+    return positions, index < count
+
+  def batch_plan(self, key, count):
+    """All batches of a client, [max_steps, B] positions and mask (steps past its own: masked)."""
+    orders = self._orders(key, count)
+    steps = jnp.arange(self.num_local_steps)
+    positions, mask = jax.vmap(lambda s: self._batch(key, orders, count, s))(steps)
+    return positions, mask & (steps < self.num_steps(count))[:, None]
 
   def local_train(self, params, settings: LocalSettings, client, key, hparams, data: DeviceData):
-    """SGD with heavy-ball momentum (reset per task) and global-norm clipping."""
+    """SGD with heavy-ball momentum (reset per task) and global-norm clipping.
+
+    `local_loop="while"` stops after the client's own steps (under vmap: after the
+    longest of the clients trained together); `"scan"` always runs the static
+    maximum, masked, and can be unrolled (`local_unroll`).
+    """
     count = data.client_count[client]
     row = data.client_index[client]
-    positions, mask = self._batch_plan(key, count)
+    num_steps = self.num_steps(count)
+    orders = self._orders(key, count)
     opt = optax.chain(
       optax.clip_by_global_norm(hparams["clip"]),
       optax.sgd(settings.lr, momentum=settings.momentum),
@@ -187,25 +216,41 @@ class Engine:
     def loss_fn(p, x, y, m):
       return cross_entropy(self.apply_fn(p, x), y, m)
 
-    def step(carry, xs):
-      p, opt_state = carry
-      pos, m = xs
+    def sgd_step(p, opt_state, s):
+      pos, m = self._batch(key, orders, count, s)
       examples = row[pos]
       loss, grads = jax.value_and_grad(loss_fn)(
         p, data.x_train[examples], data.y_train[examples], m
       )
-      updates, new_opt_state = opt.update(grads, opt_state, p)
-      active = jnp.any(m)
-      p = tree_where(active, optax.apply_updates(p, updates), p)
-      opt_state = tree_where(active, new_opt_state, opt_state)
-      return (p, opt_state), (loss, active)
+      updates, opt_state = opt.update(grads, opt_state, p)
+      return optax.apply_updates(p, updates), opt_state, loss
 
-    (trained, _), (losses, active) = jax.lax.scan(
-      step, (params, opt.init(params)), (positions, mask), unroll=self.execution.local_unroll
-    )
-    steps = jnp.sum(active)
-    mean_loss = jnp.sum(jnp.where(active, losses, 0.0)) / jnp.maximum(steps, 1)
-    return trained, TrainStats(steps.astype(jnp.int32), mean_loss)
+    init = (params, opt.init(params), jnp.zeros((), jnp.float32))
+    if self.execution.local_loop == "while":
+
+      def body(carry):
+        s, p, opt_state, total = carry
+        p, opt_state, loss = sgd_step(p, opt_state, s)
+        return s + 1, p, opt_state, total + loss
+
+      _, trained, _, total = jax.lax.while_loop(
+        lambda carry: carry[0] < num_steps, body, (jnp.zeros((), jnp.int32), *init)
+      )
+    else:
+
+      def step(carry, s):
+        p, opt_state, total = carry
+        new_p, new_opt_state, loss = sgd_step(p, opt_state, s)
+        active = s < num_steps
+        p = tree_where(active, new_p, p)
+        opt_state = tree_where(active, new_opt_state, opt_state)
+        return (p, opt_state, total + jnp.where(active, loss, 0.0)), None
+
+      (trained, _, total), _ = jax.lax.scan(
+        step, init, jnp.arange(self.num_local_steps), unroll=self.execution.local_unroll
+      )
+    mean_loss = total / jnp.maximum(num_steps, 1)
+    return trained, TrainStats(num_steps.astype(jnp.int32), mean_loss)
 
   # -- dispatch: train a round's clients into their slots ----------------------
 

@@ -66,6 +66,7 @@ def make_engine(
     execution=ExecConfig(
       client_mode=e.client_mode,
       round_mode=e.round_mode,
+      local_loop=e.local_loop,
       local_unroll=e.local_unroll,
       rounds_per_chunk=e.eval_every,
     ),

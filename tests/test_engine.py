@@ -29,7 +29,9 @@ def handmade_data(sizes=(5, 0, 17, 1, 9)):
   )
 
 
-def make_engine(data, client_mode="vmap", batch_size=4, epochs=2, algorithm="fedavg"):
+def make_engine(
+  data, client_mode="vmap", batch_size=4, epochs=2, algorithm="fedavg", local_loop="while"
+):
   config = tiny_config()
   module = models.MLP(num_classes=data.num_classes, hidden=(8,))
   algo, _ = algorithms.build(algorithm, config)
@@ -39,7 +41,7 @@ def make_engine(data, client_mode="vmap", batch_size=4, epochs=2, algorithm="fed
     data,
     num_slots=data.num_clients,
     local=engine.LocalConfig(batch_size=batch_size, epochs=epochs),
-    execution=engine.ExecConfig(client_mode=client_mode),
+    execution=engine.ExecConfig(client_mode=client_mode, local_loop=local_loop),
   )
   params = module.init(jax.random.PRNGKey(0), data.x_train[:1])["params"]
   return eng, params
@@ -53,24 +55,26 @@ SETTINGS = LocalSettings(lr=jnp.float32(0.1), momentum=jnp.float32(0.5))
 def test_local_epochs_visit_each_example_once_per_epoch(count):
   data = handmade_data()
   eng, _ = make_engine(data, batch_size=4, epochs=3)
-  positions, mask = jax.jit(eng._batch_plan)(jax.random.PRNGKey(1), count)
+  positions, mask = jax.jit(eng.batch_plan)(jax.random.PRNGKey(1), count)
   positions, mask = np.asarray(positions), np.asarray(mask)
-  spe = eng.steps_per_epoch  # ceil(max_n / B) = ceil(17 / 4) = 5
-  assert positions.shape == (3 * spe, 4)
+  assert positions.shape == (3 * 5, 4)  # E * ceil(max_n / B) = 3 * ceil(17 / 4)
+  spe = max(-(-count // 4), 1)  # the client's own steps per epoch: its steps are a prefix
   for e in range(3):
     seen = positions[e * spe : (e + 1) * spe][mask[e * spe : (e + 1) * spe]]
     assert sorted(seen.tolist()) == list(range(count))
-  active = mask.any(1).sum()
-  assert active == 3 * -(-count // 4)
+  active = mask.any(1)
+  assert active.sum() == 3 * -(-count // 4)
+  assert not active[active.sum() :].any()
   if count > 4:  # epochs use fresh permutations
     first = positions[:spe][mask[:spe]]
     second = positions[spe : 2 * spe][mask[spe : 2 * spe]]
     assert not np.array_equal(first, second)
 
 
-def test_empty_client_trains_zero_steps_and_keeps_the_model():
+@pytest.mark.parametrize("local_loop", engine.LOCAL_LOOPS)
+def test_empty_client_trains_zero_steps_and_keeps_the_model(local_loop):
   data = handmade_data()
-  eng, params = make_engine(data)
+  eng, params = make_engine(data, local_loop=local_loop)
   dd = engine.device_data(data)
   trained, stats = jax.jit(eng.local_train)(params, SETTINGS, 1, jax.random.PRNGKey(0), HPARAMS, dd)
   assert int(stats.steps) == 0
@@ -80,9 +84,10 @@ def test_empty_client_trains_zero_steps_and_keeps_the_model():
   assert not np.allclose(trained["Dense_0"]["kernel"], params["Dense_0"]["kernel"])
 
 
-def test_vmapped_local_training_equals_a_python_loop():
+@pytest.mark.parametrize("local_loop", engine.LOCAL_LOOPS)
+def test_vmapped_local_training_equals_a_python_loop(local_loop):
   data = handmade_data()
-  eng, params = make_engine(data)
+  eng, params = make_engine(data, local_loop=local_loop)
   dd = engine.device_data(data)
   clients = jnp.arange(5)
   keys = jax.random.split(jax.random.PRNGKey(2), 5)
@@ -100,11 +105,12 @@ def test_vmapped_local_training_equals_a_python_loop():
     assert int(batched[1].steps[i]) == int(stats.steps)
 
 
-def test_client_modes_give_the_same_payloads():
+@pytest.mark.parametrize("local_loop", engine.LOCAL_LOOPS)
+def test_client_modes_give_the_same_payloads(local_loop):
   data = handmade_data()
   outs = []
   for mode in engine.CLIENT_MODES:
-    eng, params = make_engine(data, client_mode=mode, algorithm="fedsgd")
+    eng, params = make_engine(data, client_mode=mode, algorithm="fedsgd", local_loop=local_loop)
     hp = {k: v[None] for k, v in {**HPARAMS, "server_lr": jnp.float32(1.0)}.items()}
     state = eng.init(
       jax.random.PRNGKey(0)[None],
@@ -204,3 +210,20 @@ def test_gradient_clipping_bounds_every_step():
   moved = jax.tree.map(lambda a, b: jnp.sum((a - b) ** 2), trained, params)
   norm = float(jnp.sqrt(sum(jax.tree.leaves(moved))))
   np.testing.assert_allclose(norm, 0.5 * 1e-3, rtol=1e-3)  # lr * clip: the raw norm is larger
+
+
+def test_while_and_scan_local_loops_train_identically():
+  data = handmade_data()
+  dd = engine.device_data(data)
+  out = {}
+  for loop in engine.LOCAL_LOOPS:
+    eng, params = make_engine(data, local_loop=loop)
+    out[loop] = jax.jit(
+      jax.vmap(lambda c, eng=eng, params=params: eng.local_train(
+        params, SETTINGS, c, jax.random.PRNGKey(c), HPARAMS, dd))
+    )(jnp.arange(5))  # fmt: skip
+  np.testing.assert_array_equal(out["while"][1].steps, [2 * 2, 0, 2 * 5, 2 * 1, 2 * 3])
+  np.testing.assert_array_equal(out["while"][1].steps, out["scan"][1].steps)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), out["while"], out["scan"]
+  )

@@ -60,7 +60,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.engine = ml_collections.ConfigDict()
   config.engine.client_mode = "vmap"
   config.engine.round_mode = "scan"
-  config.engine.local_unroll = 1
+  config.engine.local_loop = "while"  # or "scan" (static step count, can be unrolled)
+  config.engine.local_unroll = 1  # scan unroll factor; >= the step count unrolls fully
   config.engine.eval_every = 10
 
   config.fedsgd = ml_collections.ConfigDict(dict(server_lr=1.0))
