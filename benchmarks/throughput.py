@@ -52,7 +52,7 @@ from fedqs_jax import config as config_lib
 from fedqs_jax import data as data_lib
 from fedqs_jax import run as run_lib
 from fedqs_jax.algorithms.base import LocalSettings
-from fedqs_jax.engine import cross_entropy, device_data
+from fedqs_jax.engine import cross_entropy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_LATENCY_FILE = os.path.join(
@@ -254,7 +254,7 @@ def make_workload(model: str, partition: str, num_rounds: int) -> Workload:
   params = jax.vmap(lambda k: module.init(k, sample)["params"])(
     run_lib.seed_keys(seeds, run_lib.INIT_STREAM)
   )
-  w = Workload(c, data, sched, module, algorithm, hparams, device_data(data), params)
+  w = Workload(c, data, sched, module, algorithm, hparams, data, params)
   engine = w.engine()  # the default mode builds the initial state for every mode
   w.init_state, w.init_seconds = timed(
     engine.init,
@@ -269,13 +269,6 @@ def make_workload(model: str, partition: str, num_rounds: int) -> Workload:
   return w
 
 
-def chunk_events(sched: schedule.Schedule, index: int, chunk: int):
-  """What `run_chunk` takes: the whole schedule (the engine slices at `state.round`)."""
-  if hasattr(sched, "events"):
-    return sched.events()
-  return sched.rounds(index * chunk, (index + 1) * chunk)  # older engine API
-
-
 # ---------------------------------------------------------------------------
 # 1, 5: the engine.
 
@@ -288,9 +281,7 @@ def measure_engine(w: Workload, rounds: int, chunk: int, mode: Mode = DEFAULT_MO
   state = copy_tree(w.init_state)
 
   def call(state, index):
-    state, per_round, evaluation = engine.run_chunk(
-      state, chunk_events(w.sched, index, chunk), w.hparams, w.arrays
-    )
+    state, per_round, evaluation = engine.run_chunk(state, w.sched.events(), w.hparams, w.arrays)
     jax.device_get(evaluation)  # what `train` does after every chunk
     return state, per_round
 

@@ -95,23 +95,6 @@ class TrainStats(NamedTuple):
   loss: jnp.ndarray  # [] float32 mean training loss over those steps
 
 
-class DeviceData(NamedTuple):
-  """The arrays of a `FederatedData` (passed to jitted functions, never closed over)."""
-
-  x_train: jnp.ndarray
-  y_train: jnp.ndarray
-  client_index: jnp.ndarray
-  client_count: jnp.ndarray
-  x_test: jnp.ndarray
-  y_test: jnp.ndarray
-
-
-def device_data(data: FederatedData) -> DeviceData:
-  return DeviceData(
-    data.x_train, data.y_train, data.client_index, data.client_count, data.x_test, data.y_test
-  )
-
-
 def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
   """Mean cross-entropy over the examples where `mask` is set (0 if none)."""
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
@@ -197,7 +180,7 @@ class Engine:
     positions, mask = jax.vmap(lambda s: self._batch(key, orders, count, s))(steps)
     return positions, mask & (steps < self.num_steps(count))[:, None]
 
-  def local_train(self, params, settings: LocalSettings, client, key, hparams, data: DeviceData):
+  def local_train(self, params, settings: LocalSettings, client, key, hparams, data: FederatedData):
     """SGD with heavy-ball momentum (reset per task) and global-norm clipping.
 
     `local_loop="while"` stops after the client's own steps (under vmap: after the
@@ -348,7 +331,7 @@ class Engine:
     )
     return state, {**metrics, **train_metrics}
 
-  def _run_chunk(self, state: SimState, events: RoundEvents, hparams, data: DeviceData):
+  def _run_chunk(self, state: SimState, events: RoundEvents, hparams, data: FederatedData):
     """The next `rounds_per_chunk` rounds of `events` ([T] rounds), then an evaluation.
 
     The chunk starts at `state.round`, so the host passes the same on-device

@@ -29,7 +29,7 @@ import numpy as np
 from fedqs_jax import algorithms, io, metrics, models, schedule
 from fedqs_jax import config as config_lib
 from fedqs_jax import data as data_lib
-from fedqs_jax.engine import Engine, ExecConfig, LocalConfig, device_data
+from fedqs_jax.engine import Engine, ExecConfig, LocalConfig
 
 # Independent PRNG streams of a seed (fold_in of the seed's root key).
 SCHEDULE_STREAM, INIT_STREAM, TRAIN_STREAM = 0, 1, 2
@@ -101,7 +101,6 @@ def train(
   seeds = config_lib.seeds(config)
   hparams = grid_hparams(config, algo_hparams, len(seeds))
   engine = make_engine(config, algorithm, apply_fn, data, sched.num_slots)
-  arrays = device_data(data)
   sample = data.x_train[:1]
   params = jax.vmap(lambda k: module.init(k, sample)["params"])(seed_keys(seeds, INIT_STREAM))
   state = engine.init(
@@ -111,14 +110,14 @@ def train(
     sched.init_slot,
     sched.init_mask,
     hparams,
-    arrays,
+    data,
   )
   chunk = config.engine.eval_every
   num_chunks = sched.num_rounds // chunk
   events = sched.events()
   evals, round_metrics = [], []
   for c in range(num_chunks):
-    state, per_round, evaluation = engine.run_chunk(state, events, hparams, arrays)
+    state, per_round, evaluation = engine.run_chunk(state, events, hparams, data)
     evals.append(jax.device_get(evaluation))
     round_metrics.append(per_round)
     if on_chunk is not None:

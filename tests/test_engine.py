@@ -75,7 +75,7 @@ def test_local_epochs_visit_each_example_once_per_epoch(count):
 def test_empty_client_trains_zero_steps_and_keeps_the_model(local_loop):
   data = handmade_data()
   eng, params = make_engine(data, local_loop=local_loop)
-  dd = engine.device_data(data)
+  dd = data
   trained, stats = jax.jit(eng.local_train)(params, SETTINGS, 1, jax.random.PRNGKey(0), HPARAMS, dd)
   assert int(stats.steps) == 0
   jax.tree.map(np.testing.assert_array_equal, trained, params)
@@ -88,7 +88,7 @@ def test_empty_client_trains_zero_steps_and_keeps_the_model(local_loop):
 def test_vmapped_local_training_equals_a_python_loop(local_loop):
   data = handmade_data()
   eng, params = make_engine(data, local_loop=local_loop)
-  dd = engine.device_data(data)
+  dd = data
   clients = jnp.arange(5)
   keys = jax.random.split(jax.random.PRNGKey(2), 5)
   batched = jax.jit(jax.vmap(lambda c, k: eng.local_train(params, SETTINGS, c, k, HPARAMS, dd)))(
@@ -119,7 +119,7 @@ def test_client_modes_give_the_same_payloads(local_loop):
       jnp.arange(5)[None],
       jnp.ones((1, 5), bool),
       hp,
-      engine.device_data(data),
+      data,
     )
     outs.append(state.payloads)
   for other in outs[1:]:
@@ -182,19 +182,18 @@ def test_chunk_loop_makes_no_host_to_device_transfers():
     config, algo, lambda p, x: module.apply({"params": p}, x), data, sched.num_slots
   )
   hparams = run.grid_hparams(config, algo_hparams, 1)
-  arrays = engine.device_data(data)
   params = jax.vmap(lambda k: module.init(k, data.x_train[:1])["params"])(
     run.seed_keys([0], run.INIT_STREAM)
   )
   state = eng.init(
     run.seed_keys([0], run.TRAIN_STREAM), params, sched.init_client, sched.init_slot,
-    sched.init_mask, hparams, arrays,
+    sched.init_mask, hparams, data,
   )  # fmt: skip
   events = sched.events()
-  state, _, _ = eng.run_chunk(state, events, hparams, arrays)  # compiles
+  state, _, _ = eng.run_chunk(state, events, hparams, data)  # compiles
   with jax.transfer_guard_host_to_device("disallow"):
     for _ in range(3):
-      state, _, evaluation = eng.run_chunk(state, events, hparams, arrays)
+      state, _, evaluation = eng.run_chunk(state, events, hparams, data)
   assert int(state.round[0]) == 20
   assert eng.traces == 1
 
@@ -202,7 +201,7 @@ def test_chunk_loop_makes_no_host_to_device_transfers():
 def test_gradient_clipping_bounds_every_step():
   data = handmade_data()
   eng, params = make_engine(data, batch_size=32, epochs=1)  # client 2: one step
-  dd = engine.device_data(data)
+  dd = data
   settings = LocalSettings(lr=jnp.float32(0.5), momentum=jnp.float32(0.0))
   hp = {**HPARAMS, "clip": jnp.float32(1e-3)}
   trained, stats = jax.jit(eng.local_train)(params, settings, 2, jax.random.PRNGKey(0), hp, dd)
@@ -214,7 +213,7 @@ def test_gradient_clipping_bounds_every_step():
 
 def test_while_and_scan_local_loops_train_identically():
   data = handmade_data()
-  dd = engine.device_data(data)
+  dd = data
   out = {}
   for loop in engine.LOCAL_LOOPS:
     eng, params = make_engine(data, local_loop=loop)

@@ -7,14 +7,14 @@ client's minibatch with plain indexing inside `jit`.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
+import flax.struct
 import jax.numpy as jnp
 import numpy as np
 
 
-class FederatedData(NamedTuple):
-  """A federated dataset, ready for the engine.
+@flax.struct.dataclass
+class FederatedData:
+  """A federated dataset, ready for the engine (a pytree: jitted functions take it whole).
 
   Attributes:
     x_train: [n_train, *feature_shape] float32, every client's examples.
@@ -24,7 +24,7 @@ class FederatedData(NamedTuple):
     client_count: [N] int32 number of examples of each client (0 is legal).
     x_test: [n_test, *feature_shape] float32, the server's test set.
     y_test: [n_test] int32.
-    num_classes: number of label classes (a Python int, static).
+    num_classes: number of label classes (static: not a pytree leaf).
   """
 
   x_train: jnp.ndarray
@@ -33,7 +33,7 @@ class FederatedData(NamedTuple):
   client_count: jnp.ndarray
   x_test: jnp.ndarray
   y_test: jnp.ndarray
-  num_classes: int
+  num_classes: int = flax.struct.field(pytree_node=False)
 
   @property
   def num_clients(self) -> int:
