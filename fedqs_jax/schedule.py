@@ -240,16 +240,12 @@ class _TickState(NamedTuple):
   counter: jnp.ndarray  # [N] ticks into the current task (0: idle, starts this tick)
   task_version: jnp.ndarray  # [N] version the client's current task started from
   task_slot: jnp.ndarray  # [N] payload slot of the client's current task
-  buf_client: jnp.ndarray  # [B] FIFO upload buffer (flat, append-only)
-  buf_version: jnp.ndarray  # [B]
-  buf_slot: jnp.ndarray  # [B]
-  buf_time: jnp.ndarray  # [B] upload tick
-  head: jnp.ndarray  # [] first unaggregated buffer entry
-  tail: jnp.ndarray  # [] one past the last buffer entry
+  buffer: jnp.ndarray  # [B, 4] FIFO uploads (client, version, slot, tick); entry e at row e % B
+  head: jnp.ndarray  # [] first unaggregated buffer entry (a count, not wrapped)
+  tail: jnp.ndarray  # [] one past the last buffer entry (a count, not wrapped)
   free: jnp.ndarray  # [S] LIFO stack of free slots; fresh slots pop in order 0, 1, ...
   top: jnp.ndarray  # [] number of entries on the free stack
-  started_client: jnp.ndarray  # [D] clients that started this round (index order)
-  started_slot: jnp.ndarray  # [D]
+  started: jnp.ndarray  # [D, 2] (client, slot) of the tasks started this round, index order
   num_started: jnp.ndarray  # []
   tick: jnp.ndarray  # [] current tick
   overflow: jnp.ndarray  # [] bool
@@ -276,36 +272,30 @@ def _tick(
     task_slot = jnp.where(start, new_slot, s.task_slot)
     task_version = jnp.where(start, version, s.task_version)
     pos = jnp.where(start, s.num_started + rank, cap_d)  # out of range -> dropped
-    started_client = s.started_client.at[pos].set(clients, mode="drop")
-    started_slot = s.started_slot.at[pos].set(new_slot, mode="drop")
+    started = s.started.at[pos].set(jnp.stack([clients, new_slot], 1), mode="drop")
     # Uploads: append to the END of the buffer, in index order.
     up_rank = jnp.cumsum(upload) - 1
     n_up = jnp.sum(upload)
-    bpos = jnp.where(upload, s.tail + up_rank, cap_b)
-    buf = [
-      b.at[bpos].set(v, mode="drop")
-      for b, v in (
-        (s.buf_client, clients),
-        (s.buf_version, task_version),
-        (s.buf_slot, task_slot),
-        (s.buf_time, jnp.full((n,), s.tick, jnp.int32)),
-      )
-    ]
+    bpos = jnp.where(upload, (s.tail + up_rank) % cap_b, cap_b)
+    entries = jnp.stack([clients, task_version, task_slot, jnp.full((n,), s.tick)], 1)
+    buffer = s.buffer.at[bpos].set(entries, mode="drop")
     counter = jnp.where(start, 1, jnp.where(upload, 0, s.counter + 1))
     overflow = (
-      s.overflow | (n_start > s.top) | (s.num_started + n_start > cap_d) | (s.tail + n_up > cap_b)
+      s.overflow
+      | (n_start > s.top)
+      | (s.num_started + n_start > cap_d)
+      | (s.tail + n_up - s.head > cap_b)
     )
     return _TickState(
       counter,
       task_version,
       task_slot,
-      *buf,
+      buffer,
       s.head,
       s.tail + n_up,
       s.free,
       s.top - n_start,
-      started_client,
-      started_slot,
+      started,
       s.num_started + n_start,
       s.tick + 1,
       overflow,
@@ -321,38 +311,32 @@ def _tick(
     # The aggregation happens at the end of a tick, so tick at least once.
     s = one_tick(s, r)
     s = jax.lax.while_loop(cond, lambda s: one_tick(s, r), s)
-    take = s.head + jnp.arange(k)
-    arr_slot = s.buf_slot[take]
+    taken = s.buffer[(s.head + jnp.arange(k)) % cap_b]
+    arr_slot = taken[:, 2]
     out = dict(
-      arrival_client=s.buf_client[take],
+      arrival_client=taken[:, 0],
       arrival_slot=arr_slot,
-      arrival_version=s.buf_version[take],
-      arrival_time=s.buf_time[take].astype(jnp.float32),
+      arrival_version=taken[:, 1],
+      arrival_time=taken[:, 3].astype(jnp.float32),
       round_time=(s.tick - 1).astype(jnp.float32),
-      started_client=s.started_client,
-      started_slot=s.started_slot,
+      started_client=s.started[:, 0],
+      started_slot=s.started[:, 1],
       started_mask=jnp.arange(cap_d) < s.num_started,
     )
     free = jax.lax.dynamic_update_slice(s.free, arr_slot, (s.top,))
     s = s._replace(head=s.head + k, free=free, top=s.top + k)
     return s, out
 
-  zeros_b = jnp.zeros((cap_b,), jnp.int32)
-  zeros_d = jnp.zeros((cap_d,), jnp.int32)
   init = _TickState(
     counter=jnp.zeros((n,), jnp.int32),
     task_version=jnp.zeros((n,), jnp.int32),
     task_slot=jnp.zeros((n,), jnp.int32),
-    buf_client=zeros_b,
-    buf_version=zeros_b,
-    buf_slot=zeros_b,
-    buf_time=zeros_b,
+    buffer=jnp.zeros((cap_b, 4), jnp.int32),
     head=jnp.zeros((), jnp.int32),
     tail=jnp.zeros((), jnp.int32),
     free=jnp.arange(cap_s - 1, -1, -1, dtype=jnp.int32),
     top=jnp.asarray(cap_s, jnp.int32),
-    started_client=zeros_d,
-    started_slot=zeros_d,
+    started=jnp.zeros((cap_d, 2), jnp.int32),
     num_started=jnp.zeros((), jnp.int32),
     tick=jnp.zeros((), jnp.int32),
     overflow=jnp.zeros((), bool),
@@ -404,7 +388,7 @@ def simulate(
     buffer_size: K, arrivals per aggregation (`semi_async`, `tick`; 1 for `async`).
     clients_per_round: M for `sync` (None: all N).
     buffer_capacity: `tick` only: static capacity of the upload buffer (entries
-      over the whole run). Default: enough for any backlog.
+      waiting at once). Default: enough for any backlog (`build` picks a tighter one).
 
   Returns:
     A `Schedule` with static capacities; `finalize` checks and trims it.
@@ -426,8 +410,27 @@ def simulate(
 
 
 def default_tick_capacity(num_clients: int, buffer_size: int, num_rounds: int) -> int:
-  """Upload-buffer entries the tick loop can need: every aggregated entry plus any backlog."""
-  return num_rounds * buffer_size + num_clients * (num_rounds + 1)
+  """Upload-buffer entries that can wait at once in any tick loop (a safe bound).
+
+  Uploads between two aggregations number at most N + K - 1, so at most
+  T (N + K - 1) + N entries are ever uploaded.
+  """
+  return num_rounds * (num_clients + buffer_size) + num_clients
+
+
+def estimated_tick_capacity(latency: np.ndarray, buffer_size: int, num_rounds: int) -> int:
+  """A tight upload-buffer capacity from known integer latencies (host-side).
+
+  Client i uploads once per latency_i + 1 ticks. If the uploads per tick exceed K,
+  the backlog grows by about their excess per round (one round per tick); else it
+  stays within a few rounds' bursts.
+  """
+  n = len(latency)
+  rate = float(np.sum(1.0 / (np.asarray(latency, np.float64) + 1.0)))
+  growth = max(rate - buffer_size, 0.0) * num_rounds
+  return int(
+    min(2 * (n + buffer_size) + 1.5 * growth, default_tick_capacity(n, buffer_size, num_rounds))
+  )
 
 
 def finalize(schedule: Schedule) -> Schedule:
@@ -479,16 +482,16 @@ def build(
   `keys` is a batch of PRNG keys ([S] typed keys or [S, 2] raw keys).
   """
   chex.assert_rank(keys, {1, 2})
-  raw = _simulate_seeds(
-    keys,
-    time_model,
-    protocol=protocol,
-    num_rounds=num_rounds,
-    buffer_size=buffer_size,
-    clients_per_round=clients_per_round,
-    buffer_capacity=buffer_capacity,
-  )
-  return finalize(raw)
+  kwargs = dict(protocol=protocol, num_rounds=num_rounds, buffer_size=buffer_size,
+                clients_per_round=clients_per_round)  # fmt: skip
+  if protocol == "tick" and buffer_capacity is None:
+    latency = np.asarray(time_model.latency)
+    capacity = estimated_tick_capacity(latency, buffer_size, num_rounds)
+    raw = _simulate_seeds(keys, time_model, buffer_capacity=capacity, **kwargs)
+    if not bool(np.any(np.asarray(raw.overflow))):
+      return finalize(raw)
+    buffer_capacity = default_tick_capacity(len(latency), buffer_size, num_rounds)
+  return finalize(_simulate_seeds(keys, time_model, buffer_capacity=buffer_capacity, **kwargs))
 
 
 def unbatch(schedule: Schedule, index: int) -> Schedule:

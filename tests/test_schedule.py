@@ -206,7 +206,7 @@ def test_tick_backlog_grows_when_arrivals_outpace_aggregation():
 def test_overflowing_capacity_is_reported():
   tm = schedule.TimeModel(latency=jnp.asarray(LATENCY))
   raw = schedule.simulate(jax.random.PRNGKey(0), tm, protocol="tick", num_rounds=50,
-                          buffer_size=5, buffer_capacity=20)  # fmt: skip
+                          buffer_size=5, buffer_capacity=4)  # fmt: skip
   with pytest.raises(RuntimeError, match="overflow"):
     schedule.finalize(raw)
 
