@@ -32,10 +32,12 @@ class MLP(nn.Module):
 
 
 class CNN(nn.Module):
-  """Small CNN for [B, H, W, C] images: two 3x3 conv blocks, mean pooling, Dense."""
+  """Small CNN for [B, H, W, C] images: 3x3 conv + ReLU blocks (2x2 average pooling
+  between them), flatten, Dense(dense) + ReLU, Dense(num_classes)."""
 
   num_classes: int
   channels: Sequence[int] = (16, 32)
+  dense: int = 64
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -43,7 +45,8 @@ class CNN(nn.Module):
       x = nn.relu(nn.Conv(width, (3, 3), padding="SAME")(x))
       if i + 1 < len(self.channels):
         x = nn.avg_pool(x, (2, 2), strides=(2, 2))
-    x = x.mean(axis=(1, 2))
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(nn.Dense(self.dense)(x))
     return nn.Dense(self.num_classes)(x)
 
 
