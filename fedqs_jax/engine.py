@@ -23,8 +23,10 @@ model and the backend:
                "unroll" the rounds of a chunk in straight-line code.
   local_unroll unroll factor of the local-steps scan (True: fully unrolled).
 
-On XLA:CPU convolutions inside loops are slow, so CNNs want `unroll` modes;
-dense models want `vmap` + `scan`. `benchmarks/throughput.py` measures both.
+On XLA:CPU convolutions inside loops are slow, so CNNs run fastest in
+`unroll` modes, but their compile time grows with the unrolled work (clients x
+local steps x rounds per chunk: tens of seconds per round); dense models want
+`vmap` (or `map`) + `scan`. `benchmarks/throughput.py` measures each.
 """
 
 from __future__ import annotations
@@ -237,8 +239,11 @@ class Engine:
 
   # -- dispatch: train a round's clients into their slots ----------------------
 
-  def _dispatch(self, state: SimState, clients, slots, mask, version, hparams, data):
-    """Trains the tasks dispatched with `version` from `state.params`; masked entries are no-ops."""
+  def _dispatch(self, state: SimState, clients, slots, mask, version, hparams, data, mode=None):
+    """Trains the tasks dispatched with `version` from `state.params`; masked entries are no-ops.
+
+    `mode` overrides `execution.client_mode` (see `_init`).
+    """
     algo = self.algorithm
     rows = jax.tree.map(lambda x: x[clients], state.client_state)
     version_key = jax.random.fold_in(state.key, version)
@@ -253,7 +258,7 @@ class Engine:
       return payload, row, stats
 
     args = (clients, rows, keys, counts)
-    mode = self.execution.client_mode
+    mode = mode or self.execution.client_mode
     if mode == "vmap":
       payload, rows, stats = jax.vmap(one)(*args)
     elif mode == "map":
@@ -303,7 +308,12 @@ class Engine:
       round=jnp.zeros((), jnp.int32),
       key=key,
     )
-    state, _ = self._dispatch(state, init_client, init_slot, init_mask, jnp.int32(0), hparams, data)
+    # The version-0 dispatch (all N clients in semi_async) runs once: unrolling it
+    # would cost minutes of compile, so "unroll" trains it with lax.map instead.
+    mode = "map" if self.execution.client_mode == "unroll" else None
+    state, _ = self._dispatch(
+      state, init_client, init_slot, init_mask, jnp.int32(0), hparams, data, mode
+    )
     return state
 
   def _round(self, state: SimState, events: RoundEvents, hparams, data):

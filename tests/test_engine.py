@@ -108,24 +108,35 @@ def test_vmapped_local_training_equals_a_python_loop(local_loop):
 @pytest.mark.parametrize("local_loop", engine.LOCAL_LOOPS)
 def test_client_modes_give_the_same_payloads(local_loop):
   data = handmade_data()
-  outs = []
-  for mode in engine.CLIENT_MODES:
-    eng, params = make_engine(data, client_mode=mode, algorithm="fedsgd", local_loop=local_loop)
-    hp = {k: v[None] for k, v in {**HPARAMS, "server_lr": jnp.float32(1.0)}.items()}
-    state = eng.init(
+  eng, params = make_engine(data, algorithm="fedsgd", local_loop=local_loop)
+  hp = {**HPARAMS, "server_lr": jnp.float32(1.0)}
+  state = jax.tree.map(
+    lambda x: x[0],
+    eng.init(
       jax.random.PRNGKey(0)[None],
       jax.tree.map(lambda x: x[None], params),
       jnp.arange(5)[None],
       jnp.arange(5)[None],
-      jnp.ones((1, 5), bool),
-      hp,
+      jnp.zeros((1, 5), bool),  # nothing trained yet
+      {k: v[None] for k, v in hp.items()},
       data,
+    ),
+  )
+  clients = jnp.array([2, 0, 4, 1, 3])
+  mask = jnp.array([True, True, False, True, True])  # slot 4 must stay untouched
+  outs = {}
+  for mode in engine.CLIENT_MODES:
+    dispatch = jax.jit(
+      lambda st, mode=mode: eng._dispatch(st, clients, clients, mask, 1, hp, data, mode)
     )
-    outs.append(state.payloads)
-  for other in outs[1:]:
+    outs[mode] = dispatch(state)
+  for mode in engine.CLIENT_MODES[1:]:
     jax.tree.map(
-      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), outs[0], other
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), outs["vmap"], outs[mode]
     )
+  payloads, metrics = outs["vmap"]
+  jax.tree.map(lambda x: np.testing.assert_array_equal(x[4], 0.0), payloads.payloads)
+  assert int(metrics["client_steps"]) == 2 * (5 + 2 + 1)  # clients 2, 0, 3 (1 is empty)
 
 
 def _train(config, name="fedavg"):
