@@ -549,7 +549,10 @@ def measure_schedule(time_model, protocol: str, num_rounds: int, k: int, seeds: 
     num_rounds=num_rounds,
     buffer_size=k,
     clients_per_round=None,
-    buffer_capacity=None,
+    # The capacity `schedule.build` uses for tick (from the known latencies).
+    buffer_capacity=schedule.estimated_tick_capacity(np.asarray(time_model.latency), k, num_rounds)
+    if protocol == "tick"
+    else None,
   )
   raw, first = timed(schedule._simulate_seeds, keys, time_model, **kwargs)
   times = [timed(schedule._simulate_seeds, keys, time_model, **kwargs)[1] for _ in range(3)]
