@@ -10,6 +10,9 @@ the fields
   test_fraction    in (0, 1), share held out as the server's test set
   synthetic_alpha  >= 0, read only when name == "synthetic"
   synthetic_beta   >= 0, read only when name == "synthetic"
+  validation_fraction  optional, in [0, 1), default 0.0: per-client validation
+                   data for FedQS's SBC check (0 = none; see `with_validation`)
+  validation_mode  optional, one of `VALIDATION_MODES`, default "holdout"
 
 Error messages name fields as `data.<field>`.
 """
@@ -19,22 +22,26 @@ from __future__ import annotations
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 from fedqs_jax.data.base import FederatedData, index_table
 from fedqs_jax.data.digits import load_digits
 from fedqs_jax.data.synthetic import load_synthetic
+from fedqs_jax.data.validation import VALIDATION_MODES, with_validation
 from fedqs_jax.errors import ConfigError, check
 
 __all__ = [
   "DATASETS",
   "IMAGE_DATASETS",
   "PARTITIONS",
+  "VALIDATION_MODES",
   "FederatedData",
   "index_table",
   "load",
   "load_digits",
   "load_synthetic",
   "validate",
+  "with_validation",
 ]
 
 DATASETS = ("digits", "synthetic")
@@ -79,6 +86,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for field in ("synthetic_alpha", "synthetic_beta"):
       value = _field(config, field)
       check(_is_number(value) and value >= 0, f"data.{field}", value, "must be >= 0")
+  validation_fraction = config.get("validation_fraction", 0.0)
+  check(
+    _is_number(validation_fraction) and 0 <= validation_fraction < 1,
+    "data.validation_fraction",
+    validation_fraction,
+    "must be in [0, 1)",
+  )
+  validation_mode = config.get("validation_mode", "holdout")
+  check(
+    validation_mode in VALIDATION_MODES,
+    "data.validation_mode",
+    validation_mode,
+    f"must be one of {VALIDATION_MODES}",
+  )
 
 
 def load(config: ml_collections.ConfigDict, seed: int) -> FederatedData:
@@ -89,21 +110,35 @@ def load(config: ml_collections.ConfigDict, seed: int) -> FederatedData:
     seed: integer seed of the data's NumPy streams (split, partition, generation).
 
   Returns:
-    `FederatedData`; see `load_digits` and `load_synthetic` for shapes.
+    `FederatedData`; see `load_digits` and `load_synthetic` for shapes. With
+    `validation_fraction` > 0, `with_validation` has drawn the clients'
+    validation sets (in "holdout" mode they leave the training rows).
   """
   validate(config)
   if config.name == "digits":
-    return load_digits(
+    data = load_digits(
       num_clients=config.num_clients,
       partition=config.partition,
       dirichlet_alpha=config.get("dirichlet_alpha", 0.5),
       test_fraction=config.test_fraction,
       seed=seed,
     )
-  return load_synthetic(
-    num_clients=config.num_clients,
-    alpha=config.synthetic_alpha,
-    beta=config.synthetic_beta,
-    test_fraction=config.test_fraction,
-    seed=seed,
+  else:
+    data = load_synthetic(
+      num_clients=config.num_clients,
+      alpha=config.synthetic_alpha,
+      beta=config.synthetic_beta,
+      test_fraction=config.test_fraction,
+      seed=seed,
+    )
+  return with_validation(
+    data,
+    fraction=config.get("validation_fraction", 0.0),
+    mode=config.get("validation_mode", "holdout"),
+    seed=_validation_seed(seed),
   )
+
+
+def _validation_seed(seed: int) -> int:
+  """The validation draw's seed, independent of the loaders' streams: `SeedSequence([seed, 2])`."""
+  return int(np.random.SeedSequence([seed, 2]).generate_state(1)[0])

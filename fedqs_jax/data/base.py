@@ -22,6 +22,11 @@ class FederatedData:
     client_index: [N, max_n] int32 rows into `x_train`; entries at positions
       >= `client_count[i]` are padding (0) and are never read unmasked.
     client_count: [N] int32 number of examples of each client (0 is legal).
+    val_index: [N, max_v] int32 rows into `x_train` of each client's validation
+      examples (FedQS's SBC check); entries at positions >= `val_count[i]` are
+      padding (0). Without validation data it is [N, 1] zeros.
+    val_count: [N] int32 number of validation examples of each client (0 = none).
+      See `fedqs_jax.data.validation.with_validation` for how they are drawn.
     x_test: [n_test, *feature_shape] float32, the server's test set.
     y_test: [n_test] int32.
     num_classes: number of label classes (static: not a pytree leaf).
@@ -31,6 +36,8 @@ class FederatedData:
   y_train: jnp.ndarray
   client_index: jnp.ndarray
   client_count: jnp.ndarray
+  val_index: jnp.ndarray
+  val_count: jnp.ndarray
   x_test: jnp.ndarray
   y_test: jnp.ndarray
   num_classes: int = flax.struct.field(pytree_node=False)
@@ -42,6 +49,10 @@ class FederatedData:
   @property
   def max_client_size(self) -> int:
     return int(self.client_index.shape[1])
+
+  @property
+  def max_val_size(self) -> int:
+    return int(self.val_index.shape[1])
 
   @property
   def feature_shape(self) -> tuple[int, ...]:
@@ -56,3 +67,8 @@ def index_table(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
   for i, p in enumerate(parts):
     table[i, : len(p)] = p
   return table, counts
+
+
+def no_validation(num_clients: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """The empty validation fields: `val_index` [N, 1] int32 zeros and `val_count` [N] int32 zeros."""
+  return jnp.zeros((num_clients, 1), jnp.int32), jnp.zeros(num_clients, jnp.int32)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from fedqs_jax.data.base import FederatedData, index_table
+from fedqs_jax.data.base import FederatedData, index_table, no_validation
 from fedqs_jax.errors import check
 
 
@@ -96,14 +96,19 @@ def pack(
     num_classes: number of label classes.
 
   Returns:
-    `FederatedData` with jnp arrays; `client_index` is [N, max_n] int32.
+    `FederatedData` with jnp arrays; `client_index` is [N, max_n] int32. It has
+    no validation data (`val_index` [N, 1] zeros, `val_count` zeros); see
+    `fedqs_jax.data.validation.with_validation`.
   """
   table, counts = index_table(parts)
+  val_index, val_count = no_validation(len(parts))
   return FederatedData(
     x_train=jnp.asarray(x_train, dtype=jnp.float32),
     y_train=jnp.asarray(y_train, dtype=jnp.int32),
     client_index=jnp.asarray(table, dtype=jnp.int32),
     client_count=jnp.asarray(counts, dtype=jnp.int32),
+    val_index=val_index,
+    val_count=val_count,
     x_test=jnp.asarray(x_test, dtype=jnp.float32),
     y_test=jnp.asarray(y_test, dtype=jnp.int32),
     num_classes=int(num_classes),
