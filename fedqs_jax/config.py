@@ -106,6 +106,10 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
     0 < config.target_accuracy <= 1, "target_accuracy", config.target_accuracy, "must be in (0, 1]"
   )
   data.validate(config.data)
+  if any(name.startswith("fedqs") for name in names):
+    check(config.data.get("validation_fraction", 0.0) > 0, "data.validation_fraction",
+          config.data.get("validation_fraction", 0.0),
+          "FedQS needs per-client validation data for its SBC check: use e.g. 0.2")  # fmt: skip
   models.validate(config.model)
   if config.model.name == "cnn":
     check(config.data.name in data.IMAGE_DATASETS, "model.name", config.model.name,

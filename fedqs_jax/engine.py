@@ -97,6 +97,15 @@ class TrainStats(NamedTuple):
   loss: jnp.ndarray  # [] float32 mean training loss over those steps
 
 
+def local_optimizer(lr, momentum, clip) -> optax.GradientTransformation:
+  """Local SGD: clip the gradient's global norm, then heavy-ball momentum.
+
+  From a fresh state (the buffer is reset per task) step e applies
+  w_e = w_(e-1) - lr [sum_(r=1..e) momentum^r g_(e-r) + g_e] (FedQS, Mod 2).
+  """
+  return optax.chain(optax.clip_by_global_norm(clip), optax.sgd(lr, momentum=momentum))
+
+
 def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
   """Mean cross-entropy over the examples where `mask` is set (0 if none)."""
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
@@ -193,10 +202,7 @@ class Engine:
     row = data.client_index[client]
     num_steps = self.num_steps(count)
     orders = self._orders(key, count)
-    opt = optax.chain(
-      optax.clip_by_global_norm(hparams["clip"]),
-      optax.sgd(settings.lr, momentum=settings.momentum),
-    )
+    opt = local_optimizer(settings.lr, settings.momentum, hparams["clip"])
 
     def loss_fn(p, x, y, m):
       return cross_entropy(self.apply_fn(p, x), y, m)
@@ -251,21 +257,28 @@ class Engine:
     counts = data.client_count[clients].astype(jnp.float32)
 
     def one(client, row, key, count):
-      broadcast = Broadcast(state.params, state.prev_params, client, version, count)
-      settings, row = algo.client_begin(row, state.server_state, broadcast, hparams)
+      broadcast = Broadcast(
+        state.params,
+        state.prev_params,
+        client,
+        version,
+        count,
+        lambda p: self.class_accuracy(p, client, data),
+      )
+      settings, row, info = algo.client_begin(row, state.server_state, broadcast, hparams)
       trained, stats = self.local_train(state.params, settings, client, key, hparams, data)
       payload, row = algo.client_end(row, broadcast, trained, hparams)
-      return payload, row, stats
+      return payload, row, (stats, info)
 
     args = (clients, rows, keys, counts)
     mode = mode or self.execution.client_mode
     if mode == "vmap":
-      payload, rows, stats = jax.vmap(one)(*args)
+      payload, rows, (stats, info) = jax.vmap(one)(*args)
     elif mode == "map":
-      payload, rows, stats = jax.lax.map(lambda a: one(*a), args)
+      payload, rows, (stats, info) = jax.lax.map(lambda a: one(*a), args)
     elif mode == "unroll":
       outs = [one(*jax.tree.map(lambda x, i=i: x[i], args)) for i in range(clients.shape[0])]
-      payload, rows, stats = jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+      payload, rows, (stats, info) = jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
     else:
       raise ValueError(f"unknown client_mode {mode!r}; expected one of {CLIENT_MODES}")
 
@@ -279,10 +292,10 @@ class Engine:
     )
     steps = jnp.sum(jnp.where(mask, stats.steps, 0))
     loss = jnp.sum(jnp.where(mask, stats.loss * stats.steps, 0.0)) / jnp.maximum(steps, 1)
-    return state.replace(payloads=payloads, client_state=client_state), {
-      "client_steps": steps,
-      "train_loss": loss,
-    }
+    metrics = {"client_steps": steps, "train_loss": loss, "dispatched": jnp.sum(mask)}
+    for name, value in info.items():
+      metrics[f"dispatch_{name}"] = jnp.sum(jnp.where(mask, value, 0))
+    return state.replace(payloads=payloads, client_state=client_state), metrics
 
   # -- one grid point -----------------------------------------------------------
 
@@ -292,7 +305,14 @@ class Engine:
     `params` is the point's w^0; `key` its local-training key.
     """
     server_state, client_state = self.algorithm.init(params, self.num_clients)
-    probe = Broadcast(params, params, jnp.int32(0), jnp.int32(0), jnp.float32(1))
+    probe = Broadcast(
+      params,
+      params,
+      jnp.int32(0),
+      jnp.int32(0),
+      jnp.float32(1),
+      lambda p: self.class_accuracy(p, jnp.int32(0), data),
+    )
     payload_shape = jax.eval_shape(
       lambda: self.algorithm.client_end(
         jax.tree.map(lambda x: x[0], client_state), probe, params, hparams
@@ -363,6 +383,16 @@ class Engine:
       raise ValueError(f"unknown round_mode {self.execution.round_mode!r}")
     accuracy, loss = self._evaluate(state.params, data.x_test, data.y_test)
     return state, metrics, {"test_accuracy": accuracy, "test_loss": loss}
+
+  def class_accuracy(self, params, client, data: FederatedData):
+    """Per-class accuracy [C] of `params` on the client's validation data, and counts [C]."""
+    index = data.val_index[client]
+    mask = jnp.arange(index.shape[0]) < data.val_count[client]
+    labels = data.y_train[index]
+    correct = jnp.argmax(self.apply_fn(params, data.x_train[index]), -1) == labels
+    counts = jax.ops.segment_sum(mask.astype(jnp.float32), labels, data.num_classes)
+    hits = jax.ops.segment_sum((mask & correct).astype(jnp.float32), labels, data.num_classes)
+    return hits / jnp.maximum(counts, 1.0), counts
 
   def _evaluate(self, params, x, y):
     """Accuracy and mean cross-entropy of `params` on (x, y), in fixed-size batches."""

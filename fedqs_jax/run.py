@@ -133,6 +133,31 @@ def train(
   return out
 
 
+def window_metrics(result: dict, g: int, start: int, stop: int) -> dict[str, float]:
+  """The per-round metrics of rounds [start, stop) of seed g, summarised for one CSV row.
+
+  `dispatch_*` entries (sums over each round's dispatched clients) and step counts
+  are summed over the window, and a `dispatch_<x>_sum` also gives
+  `dispatch_<x>_mean` per dispatched client; other metrics are averaged.
+  """
+  out = {"train_loss": float(result["train_loss"][g, start:stop].mean())}
+  dispatched = float(result["dispatched"][g, start:stop].sum())
+  out["client_steps"] = int(result["client_steps"][g, start:stop].sum())
+  out["dispatched"] = int(dispatched)
+  for key, values in result.items():
+    if key in out or key in ("eval_round", "test_accuracy", "test_loss", "chunk_traces"):
+      continue
+    window = np.asarray(values)[g, start:stop]
+    if key.startswith("dispatch_"):
+      if key.endswith("_sum"):
+        out[key[: -len("_sum")] + "_mean"] = float(window.sum()) / max(dispatched, 1.0)
+      else:
+        out[key] = float(window.sum())
+    else:
+      out[key] = float(window.mean())
+  return out
+
+
 def _rows(name, config, result, sched) -> tuple[list[dict], list[dict]]:
   """Long-form metrics rows and summary rows of one algorithm."""
   seeds = config_lib.seeds(config)
@@ -155,8 +180,7 @@ def _rows(name, config, result, sched) -> tuple[list[dict], list[dict]]:
           "test_loss": float(result["test_loss"][g, e]),
           "staleness_mean": float(window.mean()),
           "staleness_max": int(window.max()),
-          "train_loss": float(result["train_loss"][g, prev:r].mean()),
-          "client_steps": int(result["client_steps"][g, prev:r].sum()),
+          **window_metrics(result, g, prev, r),
         }
       )
       prev = r

@@ -78,10 +78,14 @@ def test_contract_permutation_invariant(name):
 def test_contract_client_side_payload(name):
   algo, hparams = build(name)
   params, trained = params_like(0), params_like(1)
-  b = Broadcast(params, params, jnp.int32(3), jnp.int32(2), jnp.float32(5))
+  b = Broadcast(
+    params, params, jnp.int32(3), jnp.int32(2), jnp.float32(5),
+    lambda p: (jnp.ones(3), jnp.full(3, 20.0)),
+  )  # fmt: skip
   _, clients = algo.init(params, 10)
   row = jax.tree.map(lambda x: x[3], clients)
-  settings, row = algo.client_begin(row, algo.init(params, 10)[0], b, hparams)
+  settings, row, info = algo.client_begin(row, algo.init(params, 10)[0], b, hparams)
+  assert all(jnp.shape(v) == () for v in info.values())
   assert float(settings.lr) == pytest.approx(0.1)
   payload, _ = algo.client_end(row, b, trained, hparams)
   assert jax.tree.map(jnp.shape, payload) == jax.tree.map(jnp.shape, params)

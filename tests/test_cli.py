@@ -93,6 +93,15 @@ BAD = [
   ({"engine.client_mode": "pmap"}, "engine.client_mode"),
   ({"schedule.protocol": "tick", "time.distribution": "exponential"}, "time.distribution"),
   ({"fedasync.staleness": "linear", "algorithms": "fedasync"}, "fedasync.staleness"),
+  ({"algorithms": "fedqs_sgd"}, "data.validation_fraction"),
+  (
+    {"algorithms": "fedqs_avg", "data.validation_fraction": 0.2, "fedqs.similarity": "l3"},
+    "fedqs.similarity",
+  ),
+  (
+    {"algorithms": "fedqs_sgd", "data.validation_fraction": 0.2, "fedqs.lr_min": 0.5},
+    "fedqs.lr_min",
+  ),
 ]
 
 

@@ -23,6 +23,8 @@ def handmade_data(sizes=(5, 0, 17, 1, 9)):
     y_train=jnp.asarray(rng.integers(0, 3, size=n), jnp.int32),
     client_index=jnp.asarray(table),
     client_count=jnp.asarray(counts),
+    val_index=jnp.zeros((len(sizes), 1), jnp.int32),
+    val_count=jnp.zeros(len(sizes), jnp.int32),
     x_test=jnp.asarray(rng.normal(size=(10, 6)), jnp.float32),
     y_test=jnp.asarray(rng.integers(0, 3, size=10), jnp.int32),
     num_classes=3,

@@ -29,6 +29,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.synthetic_alpha = 1.0
   config.data.synthetic_beta = 1.0
   config.data.seed = 0  # the partition is shared by all seeds of a run
+  config.data.validation_fraction = 0.0  # per-client validation data (FedQS's SBC check)
+  config.data.validation_mode = "holdout"  # holdout (paper, 8:2) | reference (20 per class)
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "mlp"
@@ -66,6 +68,27 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.fedsgd = ml_collections.ConfigDict(dict(server_lr=1.0))
   config.fedbuff = ml_collections.ConfigDict(dict(server_lr=1.0, beta=0.5, server_momentum=0.0))
+  config.fedqs = ml_collections.ConfigDict(
+    dict(
+      similarity="cosine",  # cosine | cosine_layerwise_minmax | euclidean | manhattan
+      momentum=True,  # Mod 2 momentum adaptation (off: m_i = 0)
+      feedback=True,  # Mod 3 feedback boost (off: base weights only)
+      adaptive_lr=True,  # Mod 2 learning-rate steps (off: eta_i = local.lr)
+      base_weights="data_size",  # data_size | uniform
+      feedback_weight="reference",  # reference | paper
+      a=0.002,
+      m0=0.1,
+      k=2.0,
+      m_cap=0.4,
+      phi=0.1,
+      f_max=9.0,
+      g_max=2.0,
+      lr_min=1e-3,
+      lr_max=0.2,
+      spread_threshold=30.0,
+      server_lr=1.0,
+    )
+  )
   config.fedasync = ml_collections.ConfigDict(
     dict(alpha=0.6, staleness="polynomial", poly_a=0.5, hinge_a=10.0, hinge_b=4.0)
   )

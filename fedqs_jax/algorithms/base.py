@@ -3,7 +3,7 @@
 An algorithm never sees the schedule machinery. The engine calls, per task,
 
   client_begin(client_state_i, server_state, broadcast, hparams)
-      -> (LocalSettings, client_state_i)          at dispatch, before training
+      -> (LocalSettings, client_state_i, info)    at dispatch, before training
   client_end(client_state_i, broadcast, trained_params, hparams)
       -> (payload, client_state_i)                after local training
 
@@ -13,7 +13,10 @@ the `[N, ...]` client state), and per round
   aggregate(server_state, params, arrivals, hparams)
       -> (params, server_state, metrics)
 
-over the K stacked arrivals. `hparams` is a dict of scalar arrays (learning
+over the K stacked arrivals. `info` is a dict of per-client scalars (e.g. an
+indicator of the client's type, its learning rate); the engine reports their
+sums over the round's dispatched clients as `dispatch_<name>` metrics, with
+`dispatched`, the number of clients. `hparams` is a dict of scalar arrays (learning
 rates, staleness exponents, ...) so that a grid can vmap over it; settings that
 change the program (a staleness function's name) are closed over by the builder.
 """
@@ -38,6 +41,9 @@ class Broadcast(NamedTuple):
   client: jnp.ndarray  # [] int32 client id
   version: jnp.ndarray  # [] int32 v
   num_examples: jnp.ndarray  # [] float32 the client's training-set size
+  # class_accuracy(params) -> ([C] accuracy in [0, 1], [C] example count) of a model
+  # on the client's validation data (all-zero counts if it has none).
+  class_accuracy: Callable[[Any], tuple[jnp.ndarray, jnp.ndarray]]
 
 
 class LocalSettings(NamedTuple):
@@ -61,7 +67,7 @@ class Algorithm(NamedTuple):
 
   name: str
   init: Callable[[Params, int], tuple[Any, Any]]  # (params, N) -> (server, [N] clients)
-  client_begin: Callable[..., tuple[LocalSettings, Any]]
+  client_begin: Callable[..., tuple[LocalSettings, Any, dict[str, jnp.ndarray]]]
   client_end: Callable[..., tuple[Any, Any]]
   aggregate: Callable[..., tuple[Params, Any, dict[str, jnp.ndarray]]]
 
@@ -74,14 +80,14 @@ def stateless_init(params: Params, num_clients: int) -> tuple[tuple, tuple]:
 
 def default_begin(
   client_state: Any, server_state: Any, broadcast: Broadcast, hparams: HParams
-) -> tuple[LocalSettings, Any]:
+) -> tuple[LocalSettings, Any, dict]:
   """`client_begin` that trains every task with the run's local lr and momentum."""
   del server_state, broadcast
   settings = LocalSettings(
     lr=jnp.asarray(hparams["lr"], jnp.float32),
     momentum=jnp.asarray(hparams["momentum"], jnp.float32),
   )
-  return settings, client_state
+  return settings, client_state, {}
 
 
 def upload_model(client_state, broadcast: Broadcast, trained: Params, hparams: HParams):
