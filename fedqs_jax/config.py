@@ -26,6 +26,30 @@ def algorithm_names(config: ml_collections.ConfigDict) -> list[str]:
   return list(names)
 
 
+def resolve(name: str, config: ml_collections.ConfigDict) -> tuple[str, ml_collections.ConfigDict]:
+  """The registered algorithm behind `name` and the config it runs with.
+
+  A name in `config.variants` is a variant: `{"base": "fedqs_avg", "fedqs":
+  {"feedback": False}}` runs fedqs_avg with those fields overridden, so that
+  ablations share the run's schedule and appear under their own names.
+  """
+  variants = config.get("variants") or {}
+  if name not in variants:
+    return name, config
+  variant = variants[name].to_dict()
+  base = variant.pop("base", None)
+  check(base is not None, f"variants.{name}.base", base, "must name a registered algorithm")
+  resolved = ml_collections.ConfigDict(config.to_dict())
+  for section, fields in variant.items():
+    check(section in resolved and isinstance(fields, dict), f"variants.{name}.{section}",
+          fields, "must override fields of an existing config section")  # fmt: skip
+    for field, value in fields.items():
+      check(field in resolved[section], f"variants.{name}.{section}.{field}", value,
+            f"{section}.{field} is not a config field")  # fmt: skip
+      resolved[section][field] = value
+  return base, resolved
+
+
 def seeds(config: ml_collections.ConfigDict) -> list[int]:
   return [config.seed + i for i in range(config.num_seeds)]
 
@@ -100,13 +124,13 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
   names = algorithm_names(config)
   check(bool(names), "algorithms", config.algorithms, "must name at least one algorithm")
   for name in names:
-    algorithms.validate(name, config)
+    algorithms.validate(*resolve(name, config))
   check(config.num_seeds >= 1, "num_seeds", config.num_seeds, "must be >= 1")
   check(
     0 < config.target_accuracy <= 1, "target_accuracy", config.target_accuracy, "must be in (0, 1]"
   )
   data.validate(config.data)
-  if any(name.startswith("fedqs") for name in names):
+  if any(resolve(name, config)[0].startswith("fedqs") for name in names):
     check(config.data.get("validation_fraction", 0.0) > 0, "data.validation_fraction",
           config.data.get("validation_fraction", 0.0),
           "FedQS needs per-client validation data for its SBC check: use e.g. 0.2")  # fmt: skip

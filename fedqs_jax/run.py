@@ -92,6 +92,7 @@ def train(
   Returns per-seed arrays: `eval_round` [E], `test_accuracy` / `test_loss`
   [G, E], and the per-round algorithm and training metrics [G, T].
   """
+  algorithm_name, config = config_lib.resolve(algorithm_name, config)
   module = models.build(config.model, data.num_classes)
 
   def apply_fn(params, x):
@@ -191,15 +192,17 @@ def _rows(name, config, result, sched) -> tuple[list[dict], list[dict]]:
 
 def results_table(summary_rows: list[dict], target: float) -> str:
   """The per-algorithm table (mean +- std over seeds) printed at the end of a run."""
+  width = max([12] + [len(r["algorithm"]) for r in summary_rows])
   header = (
-    f"{'algorithm':<12} {'final acc':>16} {'best acc':>9} "
-    f"{f'rounds to {target:.0%}':>16} {f'time to {target:.0%}':>16}"
+    f"{'algorithm':<{width}} {'final acc':>16} {'best acc':>9} "
+    f"{f'rounds to {target:.0%}':>16} {f'time to {target:.0%}':>16} {'oscillation':>11}"
   )
   lines = [header, "-" * len(header)]
   names = list(dict.fromkeys(r["algorithm"] for r in summary_rows))
   for name in names:
     rows = [r for r in summary_rows if r["algorithm"] == name]
     final = np.array([r["final_accuracy"] for r in rows])
+    oscillation = np.mean([r["oscillation_std"] for r in rows])
     best = np.array([r["best_accuracy"] for r in rows])
 
     def reached(key, rows=rows):
@@ -208,9 +211,9 @@ def results_table(summary_rows: list[dict], target: float) -> str:
       return f"{ok.mean():.0f} ({len(ok)}/{len(vals)})" if ok.size else "never"
 
     lines.append(
-      f"{name:<12} {100 * final.mean():>8.2f} +- {100 * final.std():>4.2f} "
+      f"{name:<{width}} {100 * final.mean():>8.2f} +- {100 * final.std():>4.2f} "
       f"{100 * best.mean():>9.2f} {reached('rounds_to_target'):>16} "
-      f"{reached('time_to_target'):>16}"
+      f"{reached('time_to_target'):>16} {100 * oscillation:>11.2f}"
     )
   return "\n".join(lines)
 
