@@ -1,5 +1,6 @@
 """FedQS: the Mod 2 classification table, Mod 3 weights, the local optimiser, and reductions."""
 
+import csv
 import math
 
 import jax
@@ -208,3 +209,30 @@ def test_fedqs_type_counts_add_up():
   lr_mean = out["dispatch_lr_sum"] / np.maximum(out["dispatched"], 1)
   assert np.all((lr_mean >= 1e-3 - 1e-7) & (lr_mean <= 0.2 + 1e-7))
   assert np.all(np.isfinite(out["test_loss"]))
+
+
+def test_fedqs_runs_through_the_cli_and_logs_types(tmp_path):
+  from tests.test_cli import SHRINK, cli
+
+  workdir = tmp_path / "fedqs"
+  proc = cli(
+    "--config=experiments/configs/fedqs_digits.py",
+    f"--workdir={workdir}",
+    "--config.algorithms=fedqs_sgd,fedqs_avg",
+    "--config.num_seeds=2",
+    "--config.local.batch_size=32",
+    *SHRINK,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(workdir / "metrics.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert {r["algorithm"] for r in rows} == {"fedqs_sgd", "fedqs_avg"}
+  assert len(rows) == 2 * 2 * 4
+  for r in rows:
+    types = sum(float(r[f"dispatch_{t}"]) for t in fedqs.TYPES)
+    assert types == float(r["dispatch_classified"]) <= float(r["dispatched"])
+    assert float(r["dispatch_sbc_straggler"]) + float(r["dispatch_sbc_shift"]) == float(
+      r["dispatch_sbc"]
+    )
+    assert 0 <= float(r["feedback_uploads"]) <= 4  # K = 4
+  assert sum(float(r["dispatch_classified"]) for r in rows) > 0

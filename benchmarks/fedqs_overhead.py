@@ -1,0 +1,84 @@
+"""FedQS's overhead over FedSGD: client-steps per second of the same engine, same schedule.
+
+The paper claims negligible overhead (one similarity and two comparisons per client).
+Here FedQS also evaluates the received model on the client's validation data (the SBC
+check) and keeps one param-sized previous update per client.
+
+  python benchmarks/fedqs_overhead.py [--rounds=200] [--repeats=5]
+
+Workload: digits, N = 100, Dirichlet 0.1, K = 10, 1:50, MLP, 20% validation held out
+(every method), batch 50, 2 local epochs. The algorithms are timed in alternation, chunk by
+chunk, so that machine noise hits both alike; the median of the repeats is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import jax
+import numpy as np
+
+from experiments.configs import fedqs_digits
+from fedqs_jax import algorithms, models, run
+from fedqs_jax import data as data_lib
+
+ALGORITHMS = ("fedsgd", "fedqs_sgd", "fedavg", "fedqs_avg")
+
+
+def build(config, name, data, sched):
+  module = models.build(config.model, data.num_classes)
+  algorithm, algo_hparams = algorithms.build(name, config)
+  engine = run.make_engine(
+    config, algorithm, lambda p, x: module.apply({"params": p}, x), data, sched.num_slots
+  )
+  hparams = run.grid_hparams(config, algo_hparams, 1)
+  params = jax.vmap(lambda k: module.init(k, data.x_train[:1])["params"])(
+    run.seed_keys([0], run.INIT_STREAM)
+  )
+  start = time.perf_counter()
+  state = engine.init(
+    run.seed_keys([0], run.TRAIN_STREAM), params, sched.init_client, sched.init_slot,
+    sched.init_mask, hparams, data,
+  )  # fmt: skip
+  state, _, ev = engine.run_chunk(state, sched.events(), hparams, data)
+  jax.block_until_ready(ev)
+  return engine, state, hparams, time.perf_counter() - start
+
+
+def main(argv: list[str]) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--rounds", type=int, default=200)
+  parser.add_argument("--repeats", type=int, default=5)
+  args = parser.parse_args(argv)
+  config = fedqs_digits.get_config()
+  config.num_seeds = 1
+  config.engine.eval_every = 10
+  config.schedule.num_rounds = 10 * (1 + args.rounds // 10 * args.repeats)
+  data = data_lib.load(config.data, config.data.seed)
+  sched = run.make_schedule(config)
+  runners = {name: build(config, name, data, sched) for name in ALGORITHMS}
+  states = {name: r[1] for name, r in runners.items()}
+  rates = {name: [] for name in ALGORITHMS}
+  for _ in range(args.repeats):
+    for name in ALGORITHMS:
+      engine, _, hparams, _ = runners[name]
+      steps, start = 0, time.perf_counter()
+      for _ in range(args.rounds // 10):
+        states[name], per_round, ev = engine.run_chunk(states[name], sched.events(), hparams, data)
+        jax.device_get(ev)
+        steps += int(np.asarray(per_round["client_steps"]).sum())
+      rates[name].append(steps / (time.perf_counter() - start))
+  print(f"devices {jax.devices()}, jax {jax.__version__}; {args.rounds} rounds x {args.repeats}")
+  print(f"{'algorithm':<10} {'client-steps/s':>15} {'compile+init s':>15} {'vs baseline':>12}")
+  for name in ALGORITHMS:
+    rate = statistics.median(rates[name])
+    base = statistics.median(rates[name.replace("fedqs_", "fed")])
+    print(f"{name:<10} {rate:>15,.0f} {runners[name][3]:>15.2f} {rate / base:>11.2f}x")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
