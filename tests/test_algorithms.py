@@ -52,10 +52,33 @@ def aggregate(algo, hparams, arr, params=None):
   return new, metrics
 
 
+def uploads(algo, hparams, seed=0, num_examples=None, staleness=None):
+  """K arrivals whose payloads each algorithm built itself (client_begin, then client_end)."""
+  params = params_like(0)
+  server, clients = algo.init(params, K)
+  n = np.random.default_rng(seed).integers(0, 50, size=K) if num_examples is None else num_examples
+  payloads = []
+  for i in range(K):
+    b = Broadcast(
+      params, params, jnp.int32(i), jnp.int32(0), jnp.float32(n[i]),
+      lambda p: (jnp.ones(3), jnp.full(3, 20.0)),
+    )  # fmt: skip
+    row = jax.tree.map(lambda x, i=i: x[i], clients)
+    _, row, _ = algo.client_begin(row, server, b, hparams)
+    payloads.append(algo.client_end(row, b, params_like(seed + 1 + i), hparams)[0])
+  template = arrivals(seed, staleness=staleness, num_examples=n)
+  return template._replace(payload=jax.tree.map(lambda *x: jnp.stack(x), *payloads))
+
+
+def model_part(payload):
+  """The param-shaped part of a payload (FedQS adds its feedback bit, theta and G)."""
+  return payload["upload"] if isinstance(payload, dict) and "upload" in payload else payload
+
+
 @pytest.mark.parametrize("name", algorithms.names())
 def test_contract_finite_and_shaped(name):
   algo, hparams = build(name)
-  arr = arrivals(num_examples=[0.0, 3.0, 0.0, 7.0, 1.0])
+  arr = uploads(algo, hparams, num_examples=np.array([0.0, 3.0, 0.0, 7.0, 1.0]))
   new, metrics = aggregate(algo, hparams, arr)
   chex.assert_trees_all_equal_shapes(new, params_like(0))
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves((new, metrics)))
@@ -66,7 +89,7 @@ def test_contract_finite_and_shaped(name):
 @pytest.mark.parametrize("name", [n for n in algorithms.names() if n != "fedasync"])
 def test_contract_permutation_invariant(name):
   algo, hparams = build(name)
-  arr = arrivals(seed=3)
+  arr = uploads(algo, hparams, seed=3)
   perm = np.random.default_rng(0).permutation(K)
   permuted = jax.tree.map(lambda x: x[perm], arr)
   a, _ = aggregate(algo, hparams, arr)
@@ -82,13 +105,14 @@ def test_contract_client_side_payload(name):
     params, params, jnp.int32(3), jnp.int32(2), jnp.float32(5),
     lambda p: (jnp.ones(3), jnp.full(3, 20.0)),
   )  # fmt: skip
-  _, clients = algo.init(params, 10)
+  server, clients = algo.init(params, 10)
   row = jax.tree.map(lambda x: x[3], clients)
-  settings, row, info = algo.client_begin(row, algo.init(params, 10)[0], b, hparams)
+  settings, row, info = algo.client_begin(row, server, b, hparams)
   assert all(jnp.shape(v) == () for v in info.values())
-  assert float(settings.lr) == pytest.approx(0.1)
+  assert float(settings.lr) == pytest.approx(0.1)  # a first task trains with the local lr
   payload, _ = algo.client_end(row, b, trained, hparams)
-  assert jax.tree.map(jnp.shape, payload) == jax.tree.map(jnp.shape, params)
+  chex.assert_trees_all_equal_shapes(model_part(payload), params)
+  chex.assert_tree_all_finite(payload)
 
 
 def test_fedavg_weights_are_data_sizes_and_sum_to_one():
