@@ -636,46 +636,20 @@ def mlp_section(args, peaks, report) -> dict:
     eng["gflops_executed"] = eng["gflops"] / eng["useful_fraction"]
     out[partition] = res
     peak = peaks.get("matmul 1024x1024 f32") or max(peaks.values(), default=float("nan"))
+
+    def row(label, r, ratio=None, target=None, peak=peak, partition=partition, res=res):
+      """One table row; `ratio`/`target` name the engine-vs-this-runner comparison."""
+      head = [partition, label, str(r["rounds"]), fmt(r["client_steps"]), fmt(r["steps_per_s"])]
+      head += [fmt(r["gflops"], 2), fmt(100 * r["gflops"] / peak, 1), fmt(r["compile_s"], 2)]
+      if ratio is None:
+        return head + ["", "", ""]
+      t = TARGETS[target]
+      return head + [f"{res[ratio]:.1f}x", f">={t:.0f}x", verdict(res[ratio], t)]
+
     rows += [
-      [
-        partition,
-        f"engine {eng['mode']}",
-        str(eng["rounds"]),
-        fmt(eng["client_steps"]),
-        fmt(eng["steps_per_s"]),
-        fmt(eng["gflops"], 2),
-        fmt(100 * eng["gflops"] / peak, 1),
-        fmt(eng["compile_s"], 2),
-        "",
-        "",
-        "",
-      ],
-      [
-        partition,
-        "(a) per-client jit loop",
-        str(a["rounds"]),
-        fmt(a["client_steps"]),
-        fmt(a["steps_per_s"]),
-        fmt(a["gflops"], 2),
-        fmt(100 * a["gflops"] / peak, 1),
-        fmt(a["compile_s"], 2),
-        f"{res['engine_vs_a']:.1f}x",
-        f">={TARGETS['dense_vs_a']:.0f}x",
-        verdict(res["engine_vs_a"], TARGETS["dense_vs_a"]),
-      ],
-      [
-        partition,
-        "(b) per-step jit loop",
-        str(bb["rounds"]),
-        fmt(bb["client_steps"]),
-        fmt(bb["steps_per_s"]),
-        fmt(bb["gflops"], 2),
-        fmt(100 * bb["gflops"] / peak, 1),
-        fmt(bb["compile_s"], 2),
-        f"{res['engine_vs_b']:.1f}x",
-        f">={TARGETS['dense_vs_b']:.0f}x",
-        verdict(res["engine_vs_b"], TARGETS["dense_vs_b"]),
-      ],
+      row(f"engine {eng['mode']}", eng),
+      row("(a) per-client jit loop", a, "engine_vs_a", "dense_vs_a"),
+      row("(b) per-step jit loop", bb, "engine_vs_b", "dense_vs_b"),
     ]
     print(f"  [mlp {partition} done]", file=sys.stderr, flush=True)
   header = [

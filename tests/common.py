@@ -1,5 +1,7 @@
 """Shared tiny configurations for fast tests."""
 
+import ml_collections
+
 from experiments.configs import default
 
 
@@ -22,3 +24,12 @@ def tiny_config(**overrides):
       node = node[part]
     node[last] = value
   return config
+
+
+def data_config(**overrides):
+  """The default config's data section with 10 clients and Dirichlet 0.5, overridden.
+
+  Built from a plain dict, so an override may change a field's type (to test validation).
+  """
+  fields = {**default.get_config().data.to_dict(), "num_clients": 10, "dirichlet_alpha": 0.5}
+  return ml_collections.ConfigDict({**fields, **overrides})

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
 from fedqs_jax import data
 from fedqs_jax.data import partition
 from fedqs_jax.errors import ConfigError
+from tests.common import data_config
 
 
 def _assert_exact_partition(parts: list[np.ndarray], n: int, num_clients: int) -> None:
@@ -200,20 +200,7 @@ def test_synthetic_cap():
 # ----------------------------------------------------------------------------- config
 
 
-def _config(**overrides) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict(
-    {
-      "name": "digits",
-      "num_clients": 10,
-      "partition": "dirichlet",
-      "dirichlet_alpha": 0.5,
-      "test_fraction": 0.2,
-      "synthetic_alpha": 1.0,
-      "synthetic_beta": 1.0,
-    }
-  )
-  config.update(overrides)
-  return config
+_config = data_config
 
 
 def test_load_from_config():

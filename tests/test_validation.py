@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from fedqs_jax import data
 from fedqs_jax.data import partition
 from fedqs_jax.errors import ConfigError
+from tests.common import data_config
 
 
 def _small_data(sizes=(40, 0, 7, 1, 2, 13, 100), num_classes=4, seed=0) -> data.FederatedData:
@@ -175,20 +175,7 @@ def test_with_validation_rejects(kwargs, field):
 # ----------------------------------------------------------------------------- config / load
 
 
-def _config(**overrides) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict(
-    {
-      "name": "digits",
-      "num_clients": 10,
-      "partition": "dirichlet",
-      "dirichlet_alpha": 0.5,
-      "test_fraction": 0.2,
-      "synthetic_alpha": 1.0,
-      "synthetic_beta": 1.0,
-    }
-  )
-  config.update(overrides)
-  return config
+_config = data_config
 
 
 @pytest.mark.parametrize("name", data.DATASETS)
