@@ -219,23 +219,52 @@ def results_table(summary_rows: list[dict], target: float) -> str:
 
 
 class Progress:
-  """One progress line per chunk (at most every `every` seconds) with the job's ETA."""
+  """One progress line per chunk (at most every `every` seconds) with the job's ETA.
 
-  def __init__(self, total_rounds: int, stream=sys.stdout, every: float = 2.0):
-    self.total, self.done, self.stream, self.every = total_rounds, 0, stream, every
-    self.start = self.last = time.perf_counter()
+  The first chunk of each algorithm includes its compile, so the ETA adds the mean
+  first-chunk time for each algorithm not started yet to the steady time per round
+  (later chunks) for the remaining rounds.
+  """
+
+  def __init__(self, num_algorithms: int, rounds: int, stream=sys.stdout, every: float = 2.0):
+    self.num_algorithms, self.rounds, self.stream, self.every = (
+      num_algorithms,
+      rounds,
+      stream,
+      every,
+    )
+    self.total = num_algorithms * rounds
+    self.done, self.started = 0, 0
+    self.first_chunks: list[float] = []  # seconds of each algorithm's first chunk
+    self.steady_seconds, self.steady_rounds = 0.0, 0
+    self.start = self.last = self.previous = time.perf_counter()
+
+  def eta(self, chunk_rounds: int) -> float:
+    per_round = (
+      self.steady_seconds / self.steady_rounds
+      if self.steady_rounds
+      else self.first_chunks[-1] / chunk_rounds
+    )
+    unstarted = self.num_algorithms - self.started
+    compile_estimate = sum(self.first_chunks) / len(self.first_chunks) - per_round * chunk_rounds
+    return (self.total - self.done) * per_round + unstarted * max(compile_estimate, 0.0)
 
   def update(self, label: str, rounds: int, chunk: int, num_chunks: int) -> None:
-    self.done += rounds
     now = time.perf_counter()
+    if chunk == 1:
+      self.started += 1
+      self.first_chunks.append(now - self.previous)
+    else:
+      self.steady_seconds += now - self.previous
+      self.steady_rounds += rounds
+    self.previous = now
+    self.done += rounds
     if chunk < num_chunks and now - self.last < self.every:
       return
     self.last = now
-    elapsed = now - self.start
-    eta = elapsed / self.done * (self.total - self.done)
     print(
       f"[{label}] chunk {chunk}/{num_chunks} | {self.done}/{self.total} rounds | "
-      f"{elapsed:5.0f}s elapsed | ETA {eta:5.0f}s",
+      f"{now - self.start:5.0f}s elapsed | ETA {self.eta(rounds):5.0f}s",
       file=self.stream,
       flush=True,
     )
@@ -263,7 +292,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stream=sys.stdout) -> d
     flush=True,
   )
 
-  progress = Progress(len(names) * sched.num_rounds, stream)
+  progress = Progress(len(names), sched.num_rounds, stream)
   metric_rows, summary_rows, results = [], [], {}
   chunk = config.engine.eval_every
   for name in names:

@@ -1,0 +1,24 @@
+"""The progress line's ETA separates compile (first chunks) from steady rounds."""
+
+import io
+import re
+
+from fedqs_jax import run
+
+
+def test_eta_counts_compile_once_per_algorithm(monkeypatch):
+  clock = [0.0]
+  monkeypatch.setattr(run.time, "perf_counter", lambda: clock[0])
+  out = io.StringIO()
+  progress = run.Progress(num_algorithms=2, rounds=30, stream=out, every=0.0)
+  # Each algorithm: a first chunk of 10 s (compile + 10 rounds), then chunks of 1 s.
+  durations = [10.0, 1.0, 1.0, 10.0, 1.0, 1.0]
+  for i, seconds in enumerate(durations):
+    clock[0] += seconds
+    progress.update("a" if i < 3 else "b", 10, i % 3 + 1, 3)
+  etas = [float(m) for m in re.findall(r"ETA\s+([\d.]+)s", out.getvalue())]
+  true_remaining = [sum(durations[i + 1 :]) for i in range(len(durations))]
+  # Before any steady chunk it can only extrapolate the first; from then on it is exact here.
+  assert etas[0] == 50.0
+  assert etas[1:] == true_remaining[1:]
+  assert etas[-1] == 0.0
