@@ -239,12 +239,11 @@ class Progress:
     self.steady_seconds, self.steady_rounds = 0.0, 0
     self.start = self.last = self.previous = time.perf_counter()
 
-  def eta(self, chunk_rounds: int) -> float:
-    per_round = (
-      self.steady_seconds / self.steady_rounds
-      if self.steady_rounds
-      else self.first_chunks[-1] / chunk_rounds
-    )
+  def eta(self, chunk_rounds: int) -> float | None:
+    """Seconds left; None until a chunk after a first one has been timed."""
+    if not self.steady_rounds:
+      return None if self.done < self.total else 0.0
+    per_round = self.steady_seconds / self.steady_rounds
     unstarted = self.num_algorithms - self.started
     compile_estimate = sum(self.first_chunks) / len(self.first_chunks) - per_round * chunk_rounds
     return (self.total - self.done) * per_round + unstarted * max(compile_estimate, 0.0)
@@ -262,9 +261,10 @@ class Progress:
     if chunk < num_chunks and now - self.last < self.every:
       return
     self.last = now
+    eta = self.eta(rounds)
     print(
       f"[{label}] chunk {chunk}/{num_chunks} | {self.done}/{self.total} rounds | "
-      f"{now - self.start:5.0f}s elapsed | ETA {self.eta(rounds):5.0f}s",
+      f"{now - self.start:5.0f}s elapsed | ETA " + ("    ?" if eta is None else f"{eta:5.0f}s"),
       file=self.stream,
       flush=True,
     )
