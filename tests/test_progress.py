@@ -20,4 +20,4 @@ def test_eta_counts_compile_once_per_algorithm(monkeypatch):
   true_remaining = [f"{sum(durations[i + 1 :]):.0f}s" for i in range(len(durations))]
   assert etas[0] == "?"  # a first chunk alone is compile + rounds: no honest estimate yet
   assert etas[1:] == true_remaining[1:]
-  assert etas[-1] == 0.0
+  assert etas[-1] == "0s"
