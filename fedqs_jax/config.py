@@ -13,7 +13,7 @@ import os
 import ml_collections
 import numpy as np
 
-from fedqs_jax import algorithms, data, models, schedule
+from fedqs_jax import algorithms, data, models, schedule, sweep
 from fedqs_jax.engine import CLIENT_MODES, LOCAL_LOOPS, ROUND_MODES
 from fedqs_jax.errors import ConfigError, check
 
@@ -182,6 +182,23 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
   check(e.local_unroll >= 1, "engine.local_unroll", e.local_unroll, "must be >= 1")
   check(e.eval_every >= 1 and s.num_rounds % e.eval_every == 0, "engine.eval_every",
         e.eval_every, f"must be >= 1 and divide schedule.num_rounds={s.num_rounds}")  # fmt: skip
+
+  grid = sweep.points(config)  # raises for values that are not numbers
+  if grid != [{}]:
+    known = set()
+    for name in names:
+      base, resolved = resolve(name, config)
+      known |= {"lr", "momentum", "clip", *algorithms.build(base, resolved)[1]}
+    for field in grid[0]:
+      check(field in known, f"sweep.{field}", config.sweep[field],
+            f"no algorithm of this run has a hyperparameter {field!r}")  # fmt: skip
+    for point in grid:
+      for field, low, high in (("lr", 0.0, None), ("clip", 0.0, None), ("momentum", None, 1.0)):
+        value = point.get(field)
+        if value is not None:
+          ok = (low is None or value > low) and (high is None or value < high)
+          check(ok and (low is not None or value >= 0), f"sweep.{field}", value,
+                "lr and clip must be > 0, momentum in [0, 1)")  # fmt: skip
 
   if workdir is not None:
     check(bool(workdir), "workdir", workdir, "must be a folder path")

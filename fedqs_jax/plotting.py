@@ -13,13 +13,13 @@ import numpy as np  # noqa: E402
 from fedqs_jax import io  # noqa: E402
 
 
-def accuracy_curves(rows: list[dict], path: str) -> None:
+def accuracy_curves(rows: list[dict], path: str, label=lambda row: row["algorithm"]) -> None:
   """Test accuracy vs round and vs simulated time; mean over seeds, shaded +- std."""
   curves: dict[str, dict[int, list[tuple[int, float, float]]]] = defaultdict(
     lambda: defaultdict(list)
   )
   for r in rows:
-    curves[r["algorithm"]][r["seed"]].append((r["round"], r["time"], r["test_accuracy"]))
+    curves[label(r)][r["seed"]].append((r["round"], r["time"], r["test_accuracy"]))
   fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
   for name, per_seed in curves.items():
     arr = np.array([sorted(v) for v in per_seed.values()])  # [seeds, E, 3]

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fedqs_jax import algorithms, io, metrics, models, schedule
+from fedqs_jax import algorithms, io, metrics, models, schedule, sweep
 from fedqs_jax import config as config_lib
 from fedqs_jax import data as data_lib
 from fedqs_jax.engine import Engine, ExecConfig, LocalConfig
@@ -73,11 +73,19 @@ def make_engine(
   )
 
 
-def grid_hparams(config: ml_collections.ConfigDict, algo_hparams: dict, size: int) -> dict:
-  """The dynamic hyperparameters, each a [G] float32 array."""
+def base_hparams(config: ml_collections.ConfigDict, algo_hparams: dict) -> dict[str, float]:
+  """The dynamic hyperparameters of one point: local training's and the algorithm's."""
   loc = config.local
-  flat = {"lr": loc.lr, "momentum": loc.momentum, "clip": loc.clip, **algo_hparams}
-  return {k: jnp.full((size,), v, jnp.float32) for k, v in flat.items()}
+  return {"lr": loc.lr, "momentum": loc.momentum, "clip": loc.clip, **algo_hparams}
+
+
+def grid_hparams(
+  config: ml_collections.ConfigDict, algo_hparams: dict, size: int, points=None
+) -> dict:
+  """The dynamic hyperparameters, each a [G] float32 array (`points`: one dict per entry)."""
+  flat = base_hparams(config, algo_hparams)
+  points = points or [{}] * size
+  return {k: jnp.asarray([p.get(k, v) for p in points], jnp.float32) for k, v in flat.items()}
 
 
 def train(
@@ -100,12 +108,19 @@ def train(
 
   algorithm, algo_hparams = algorithms.build(algorithm_name, config)
   seeds = config_lib.seeds(config)
-  hparams = grid_hparams(config, algo_hparams, len(seeds))
+  # The grid: every swept point (restricted to this algorithm's hyperparameters) x every seed.
+  mine = sweep.restrict(sweep.points(config), list(base_hparams(config, algo_hparams)))
+  grid = [(point, s) for point in mine for s in range(len(seeds))]
+  seed_index = np.array([s for _, s in grid])
+  hparams = grid_hparams(config, algo_hparams, len(grid), [p for p, _ in grid])
+  if len(grid) != len(seeds) or np.any(seed_index != np.arange(len(seeds))):
+    sched = jax.tree.map(lambda x: x[seed_index], sched)  # each entry: its seed's schedule
+  grid_seeds = [seeds[s] for s in seed_index]
   engine = make_engine(config, algorithm, apply_fn, data, sched.num_slots)
   sample = data.x_train[:1]
-  params = jax.vmap(lambda k: module.init(k, sample)["params"])(seed_keys(seeds, INIT_STREAM))
+  params = jax.vmap(lambda k: module.init(k, sample)["params"])(seed_keys(grid_seeds, INIT_STREAM))
   state = engine.init(
-    seed_keys(seeds, TRAIN_STREAM),
+    seed_keys(grid_seeds, TRAIN_STREAM),
     params,
     sched.init_client,
     sched.init_slot,
@@ -131,6 +146,7 @@ def train(
   for key in round_metrics[0]:
     out[key] = np.concatenate([np.asarray(m[key]) for m in round_metrics], axis=1)
   out["chunk_traces"] = engine.traces
+  out["grid"] = [(point, seeds[s], s) for point, s in grid]  # (point, seed, schedule index)
   return out
 
 
@@ -146,7 +162,7 @@ def window_metrics(result: dict, g: int, start: int, stop: int) -> dict[str, flo
   out["client_steps"] = int(result["client_steps"][g, start:stop].sum())
   out["dispatched"] = int(dispatched)
   for key, values in result.items():
-    if key in out or key in ("eval_round", "test_accuracy", "test_loss", "chunk_traces"):
+    if key in out or key in ("eval_round", "test_accuracy", "test_loss", "chunk_traces", "grid"):
       continue
     window = np.asarray(values)[g, start:stop]
     if key.startswith("dispatch_"):
@@ -160,20 +176,22 @@ def window_metrics(result: dict, g: int, start: int, stop: int) -> dict[str, flo
 
 
 def _rows(name, config, result, sched) -> tuple[list[dict], list[dict]]:
-  """Long-form metrics rows and summary rows of one algorithm."""
-  seeds = config_lib.seeds(config)
+  """Long-form metrics rows and summary rows of one algorithm (one per grid entry)."""
   eval_round = result["eval_round"]
-  staleness = np.asarray(sched.staleness)  # [G, T, K]
-  round_time = np.asarray(sched.round_time)  # [G, T]
+  staleness = np.asarray(sched.staleness)  # [seeds, T, K]
+  round_time = np.asarray(sched.round_time)  # [seeds, T]
+  swept = list(dict.fromkeys(k for p in sweep.points(config) for k in p))
   metric_rows, summary_rows = [], []
-  for g, seed in enumerate(seeds):
+  for g, (point, seed, s) in enumerate(result["grid"]):
     prev = 0
-    times = round_time[g, eval_round - 1]
+    times = round_time[s, eval_round - 1]
+    columns = {"sweep": sweep.label(point), **{k: point.get(k, "") for k in swept}}
     for e, r in enumerate(eval_round):
-      window = staleness[g, prev:r]
+      window = staleness[s, prev:r]
       metric_rows.append(
         {
           "algorithm": name,
+          **columns,
           "seed": seed,
           "round": int(r),
           "time": float(times[e]),
@@ -186,21 +204,26 @@ def _rows(name, config, result, sched) -> tuple[list[dict], list[dict]]:
       )
       prev = r
     stats = metrics.summarize(eval_round, times, result["test_accuracy"][g], config.target_accuracy)
-    summary_rows.append({"algorithm": name, "seed": seed, **stats})
+    summary_rows.append({"algorithm": name, **columns, "seed": seed, **stats})
   return metric_rows, summary_rows
 
 
+def curve_label(row: dict) -> str:
+  """What a row's curve is called: its algorithm, and its sweep point if any."""
+  return row["algorithm"] + (f"[{row['sweep']}]" if row.get("sweep") else "")
+
+
 def results_table(summary_rows: list[dict], target: float) -> str:
-  """The per-algorithm table (mean +- std over seeds) printed at the end of a run."""
-  width = max([12] + [len(r["algorithm"]) for r in summary_rows])
+  """The per-algorithm (and per-point) table, mean +- std over seeds, printed at the end."""
+  width = max([12] + [len(curve_label(r)) for r in summary_rows])
   header = (
     f"{'algorithm':<{width}} {'final acc':>16} {'best acc':>9} "
     f"{f'rounds to {target:.0%}':>16} {f'time to {target:.0%}':>16} {'oscillation':>11}"
   )
   lines = [header, "-" * len(header)]
-  names = list(dict.fromkeys(r["algorithm"] for r in summary_rows))
+  names = list(dict.fromkeys(curve_label(r) for r in summary_rows))
   for name in names:
-    rows = [r for r in summary_rows if r["algorithm"] == name]
+    rows = [r for r in summary_rows if curve_label(r) == name]
     final = np.array([r["final_accuracy"] for r in rows])
     oscillation = np.mean([r["oscillation_std"] for r in rows])
     best = np.array([r["best_accuracy"] for r in rows])
@@ -312,6 +335,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, stream=sys.stdout) -> d
 
   from fedqs_jax import plotting  # matplotlib only when writing plots
 
-  plotting.accuracy_curves(metric_rows, os.path.join(workdir, "accuracy.png"))
+  plotting.accuracy_curves(metric_rows, os.path.join(workdir, "accuracy.png"), curve_label)
   print(results_table(summary_rows, config.target_accuracy), file=stream, flush=True)
   return {"results": results, "summary": summary_rows, "metrics": metric_rows, "schedule": sched}

@@ -12,6 +12,16 @@ Every field can be overridden on the command line, e.g.
 
 import ml_collections
 
+from fedqs_jax.algorithms import fedqs
+
+# Dynamic hyperparameters a sweep can vary (one compiled program per algorithm).
+SWEEPABLE = (
+  "lr", "momentum", "clip",  # local training
+  "server_lr", "beta", "server_momentum",  # fedsgd / fedbuff / fedqs
+  "alpha", "staleness_a", "staleness_b",  # fedasync
+  *[name for name in fedqs.DEFAULT_HPARAMS if name != "server_lr"],
+)  # fmt: skip
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -65,6 +75,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.engine.local_loop = "while"  # or "scan" (static step count, can be unrolled)
   config.engine.local_unroll = 1  # scan unroll factor; >= the step count unrolls fully
   config.engine.eval_every = 10
+
+  # Sweeps: comma-separated values per hyperparameter, e.g. --config.sweep.lr=0.01,0.05,0.1;
+  # the grid is their product, times the seeds, run as one program per algorithm.
+  config.sweep = ml_collections.ConfigDict({name: "" for name in SWEEPABLE})
 
   config.fedsgd = ml_collections.ConfigDict(dict(server_lr=1.0))
   config.fedbuff = ml_collections.ConfigDict(dict(server_lr=1.0, beta=0.5, server_momentum=0.0))

@@ -1,0 +1,73 @@
+"""Sweeps: grid points, one program per algorithm, a point in a grid equals its solo run."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from fedqs_jax import config as config_lib
+from fedqs_jax import data as data_lib
+from fedqs_jax import run, sweep
+from fedqs_jax.errors import ConfigError
+from tests.common import tiny_config
+
+
+def test_points_are_the_product_of_the_swept_lists():
+  config = tiny_config(**{"sweep.lr": "0.1,0.2", "sweep.beta": "0,0.5,1"})
+  grid = sweep.points(config)
+  assert len(grid) == 6
+  assert {(p["lr"], p["beta"]) for p in grid} == {
+    (lr, b) for lr in (0.1, 0.2) for b in (0.0, 0.5, 1.0)
+  }
+  assert sweep.points(tiny_config()) == [{}]
+  assert sweep.restrict(grid, ["lr"]) == [{"lr": 0.1}, {"lr": 0.2}]
+  assert sweep.restrict(grid, ["clip"]) == [{}]
+  assert sweep.label({"lr": 0.1, "beta": 0.5}) == "lr=0.1,beta=0.5"
+
+
+@pytest.mark.parametrize(
+  "overrides,match",
+  [
+    ({"sweep.lr": "0.1,fast"}, "sweep.lr"),
+    ({"sweep.beta": "0,0.5"}, "sweep.beta"),  # fedavg has no beta
+    ({"sweep.lr": "0.1,0"}, "sweep.lr"),
+    ({"sweep.momentum": "0.5,1.0"}, "sweep.momentum"),
+  ],
+)
+def test_bad_sweeps_are_refused(overrides, match):
+  with pytest.raises(ConfigError, match=match):
+    config_lib.validate(tiny_config(**overrides))
+
+
+def test_a_point_in_a_grid_equals_its_solo_run():
+  data = data_lib.load(tiny_config().data, 0)
+  grid_config = tiny_config(**{"sweep.lr": "0.05,0.1", "num_seeds": 2})
+  grid = run.train(grid_config, "fedavg", data, run.make_schedule(grid_config))
+  assert grid["chunk_traces"] == 1  # 2 points x 2 seeds: one compile
+  assert [(p["lr"], seed) for p, seed, _ in grid["grid"]] == [
+    (0.05, 0), (0.05, 1), (0.1, 0), (0.1, 1),
+  ]  # fmt: skip
+  solo_config = tiny_config(**{"local.lr": 0.1, "seed": 1})
+  solo = run.train(solo_config, "fedavg", data, run.make_schedule(solo_config))
+  np.testing.assert_allclose(grid["test_loss"][3], solo["test_loss"][0], rtol=1e-5)
+  np.testing.assert_allclose(grid["test_accuracy"][3], solo["test_accuracy"][0], atol=1e-6)
+  np.testing.assert_array_equal(grid["client_steps"][3], solo["client_steps"][0])
+  # The learning rate really differs between points of the same seed.
+  assert not np.allclose(grid["test_loss"][1], grid["test_loss"][3])
+
+
+def test_sweep_results_carry_the_hyperparameters(tmp_path):
+  config = tiny_config(
+    **{"algorithms": "fedavg,fedbuff", "sweep.lr": "0.05,0.1", "sweep.beta": "0,0.5"}
+  )
+  run.run(config, str(tmp_path))
+  with open(tmp_path / "summary.csv") as f:
+    rows = list(csv.DictReader(f))
+  fedavg = [r for r in rows if r["algorithm"] == "fedavg"]
+  fedbuff = [r for r in rows if r["algorithm"] == "fedbuff"]
+  assert len(fedavg) == 2 and len(fedbuff) == 4  # fedavg ignores beta
+  assert {r["beta"] for r in fedavg} == {""}
+  assert {(r["lr"], r["beta"]) for r in fedbuff} == {
+    ("0.05", "0.0"), ("0.05", "0.5"), ("0.1", "0.0"), ("0.1", "0.5"),
+  }  # fmt: skip
+  assert {r["sweep"] for r in fedbuff} >= {"beta=0,lr=0.1"}
