@@ -81,6 +81,8 @@ class SimState:
     server_state: the algorithm's server state.
     round: [] int32 number of aggregations so far.
     key: PRNG key of local training (minibatch order, dropout).
+    diverged: [] bool the run became non-finite; it is frozen since `diverged_round`.
+    diverged_round: [] int32 the round whose result was non-finite (-1: none).
   """
 
   params: Any
@@ -90,6 +92,8 @@ class SimState:
   server_state: Any
   round: jnp.ndarray
   key: jax.Array
+  diverged: jnp.ndarray
+  diverged_round: jnp.ndarray
 
 
 class TrainStats(NamedTuple):
@@ -326,6 +330,8 @@ class Engine:
       client_state=client_state,
       server_state=server_state,
       round=jnp.zeros((), jnp.int32),
+      diverged=jnp.zeros((), bool),
+      diverged_round=jnp.full((), -1, jnp.int32),
       key=key,
     )
     # The version-0 dispatch (all N clients in semi_async) runs once: unrolling it
@@ -359,7 +365,10 @@ class Engine:
       hparams,
       data,
     )
-    return state, {**metrics, **train_metrics}
+    finite = jnp.isfinite(train_metrics["train_loss"]) & jnp.all(
+      jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state.params)])
+    )
+    return state, {**metrics, **train_metrics, "finite": finite}
 
   def _run_chunk(self, state: SimState, events: RoundEvents, hparams, data: FederatedData):
     """The next `rounds_per_chunk` rounds of `events` ([T] rounds), then an evaluation.
@@ -371,6 +380,7 @@ class Engine:
     r = self.execution.rounds_per_chunk
     events = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, state.round, r, axis=0), events)
     step = functools.partial(self._round, hparams=hparams, data=data)
+    start = state
     if self.execution.round_mode == "scan":
       state, metrics = jax.lax.scan(step, state, events)
     elif self.execution.round_mode == "unroll":
@@ -381,6 +391,7 @@ class Engine:
       metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
     else:
       raise ValueError(f"unknown round_mode {self.execution.round_mode!r}")
+    state, metrics = self._isolate_failure(start, state, metrics)
     accuracy, loss = self._evaluate(state.params, data.x_test, data.y_test)
     return state, metrics, {"test_accuracy": accuracy, "test_loss": loss}
 
@@ -393,6 +404,28 @@ class Engine:
     counts = jax.ops.segment_sum(mask.astype(jnp.float32), labels, data.num_classes)
     hits = jax.ops.segment_sum((mask & correct).astype(jnp.float32), labels, data.num_classes)
     return hits / jnp.maximum(counts, 1.0), counts
+
+  def _isolate_failure(self, start: SimState, end: SimState, metrics: dict):
+    """Freezes a run whose parameters or loss became non-finite during the chunk.
+
+    Failure isolation for grids: such a point goes back to its state at the start
+    of the chunk and stays there (flagged `diverged` from the first non-finite round
+    on) while the other points go on. A select per chunk, not per round.
+    """
+    finite = metrics.pop("finite")  # [R]
+    bad = ~jnp.all(finite)
+    first = jnp.argmin(finite)  # index of the first non-finite round
+    frozen = start.diverged | bad
+    state = tree_where(frozen, start, end).replace(
+      round=end.round,
+      diverged=frozen,
+      diverged_round=jnp.where(
+        start.diverged | ~bad, start.diverged_round, start.round + first + 1
+      ),
+    )
+    rounds = jnp.arange(finite.shape[0])
+    metrics["diverged"] = start.diverged | (bad & (rounds >= first))
+    return state, metrics
 
   def _evaluate(self, params, x, y):
     """Accuracy and mean cross-entropy of `params` on (x, y), in fixed-size batches."""

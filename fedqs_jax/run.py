@@ -165,7 +165,9 @@ def window_metrics(result: dict, g: int, start: int, stop: int) -> dict[str, flo
     if key in out or key in ("eval_round", "test_accuracy", "test_loss", "chunk_traces", "grid"):
       continue
     window = np.asarray(values)[g, start:stop]
-    if key.startswith("dispatch_"):
+    if key == "diverged":
+      out[key] = bool(window.any())
+    elif key.startswith("dispatch_"):
       if key.endswith("_sum"):
         out[key[: -len("_sum")] + "_mean"] = float(window.sum()) / max(dispatched, 1.0)
       else:
@@ -204,6 +206,8 @@ def _rows(name, config, result, sched) -> tuple[list[dict], list[dict]]:
       )
       prev = r
     stats = metrics.summarize(eval_round, times, result["test_accuracy"][g], config.target_accuracy)
+    hit = np.flatnonzero(result["diverged"][g])
+    stats["diverged_round"] = int(hit[0]) + 1 if hit.size else ""
     summary_rows.append({"algorithm": name, **columns, "seed": seed, **stats})
   return metric_rows, summary_rows
 

@@ -71,3 +71,26 @@ def test_sweep_results_carry_the_hyperparameters(tmp_path):
     ("0.05", "0.0"), ("0.05", "0.5"), ("0.1", "0.0"), ("0.1", "0.5"),
   }  # fmt: skip
   assert {r["sweep"] for r in fedbuff} >= {"beta=0,lr=0.1"}
+
+
+def test_a_diverging_point_is_frozen_and_flagged_while_the_others_finish(tmp_path):
+  data = data_lib.load(tiny_config().data, 0)
+  config = tiny_config(**{"sweep.lr": "0.1,1e30", "local.clip": 1e30, "algorithms": "fedsgd"})
+  out = run.train(config, "fedsgd", data, run.make_schedule(config))
+  assert not out["diverged"][0].any()
+  assert out["diverged"][1].all()  # non-finite from round 1 on: frozen ever since
+  assert np.all(np.isfinite(out["test_loss"]))  # the frozen point still evaluates its last state
+  assert len(set(out["test_loss"][1].tolist())) == 1  # ... which no longer changes
+  solo_config = tiny_config(**{"local.clip": 1e30, "algorithms": "fedsgd"})
+  solo = run.train(solo_config, "fedsgd", data, run.make_schedule(solo_config))
+  np.testing.assert_allclose(out["test_loss"][0], solo["test_loss"][0], rtol=1e-5)
+  assert not solo["diverged"].any()
+
+  run.run(config, str(tmp_path))
+  with open(tmp_path / "summary.csv") as f:
+    rows = {r["lr"]: r for r in csv.DictReader(f)}
+  assert rows["1e+30"]["diverged_round"] == "1"
+  assert rows["0.1"]["diverged_round"] == ""
+  with open(tmp_path / "metrics.csv") as f:
+    flags = {(r["lr"], r["diverged"]) for r in csv.DictReader(f)}
+  assert flags == {("0.1", "False"), ("1e+30", "True")}
