@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fedqs_jax import algorithms, io, metrics, models, schedule, sweep
+from fedqs_jax import algorithms, io, memory, metrics, models, schedule, sweep
 from fedqs_jax import config as config_lib
 from fedqs_jax import data as data_lib
 from fedqs_jax.engine import Engine, ExecConfig, LocalConfig
@@ -245,6 +245,33 @@ def results_table(summary_rows: list[dict], target: float) -> str:
   return "\n".join(lines)
 
 
+def memory_estimate(config, algorithm_name, data, sched) -> dict[str, int]:
+  """`memory.estimate` of one algorithm's grid on this run's schedule."""
+  algorithm_name, config = config_lib.resolve(algorithm_name, config)
+  module = models.build(config.model, data.num_classes)
+  algorithm, algo_hparams = algorithms.build(algorithm_name, config)
+  points = sweep.restrict(sweep.points(config), list(base_hparams(config, algo_hparams)))
+  params = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), data.x_train[:1])["params"])
+  return memory.estimate(
+    algorithm,
+    params,
+    data,
+    num_slots=sched.num_slots,
+    train_width=max(sched.init_client.shape[-1], sched.dispatch_client.shape[-1]),
+    grid_size=len(points) * config.num_seeds,
+    hparams=base_hparams(config, algo_hparams),
+  )
+
+
+def check_memory(config, algorithm_name, data, sched) -> None:
+  """Raises `ConfigError` if the algorithm's grid does not fit the device (see `memory`)."""
+  estimate = memory_estimate(config, algorithm_name, data, sched)
+  limit_gb = config.engine.get("memory_limit_gb", 0.0)
+  limit = int(limit_gb * 2**30) if limit_gb > 0 else memory.available_bytes()
+  points = estimate["grid"] // max(estimate["per_point"], 1)
+  memory.check_fits(estimate, limit, points)
+
+
 class Progress:
   """One progress line per chunk (at most every `every` seconds) with the job's ETA.
 
@@ -301,11 +328,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, stream=sys.stdout) -> d
   """Validates, runs every algorithm of `config` on one schedule, writes `workdir`."""
   config_lib.validate(config, workdir)
   names = config_lib.algorithm_names(config)
-  os.makedirs(workdir, exist_ok=True)
-  io.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-
   data = data_lib.load(config.data, config.data.seed)
   sched = make_schedule(config)
+  for name in names:  # before anything is written or compiled for training
+    check_memory(config, name, data, sched)
+  os.makedirs(workdir, exist_ok=True)
+  io.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   seeds = config_lib.seeds(config)
   summaries = {s: schedule.summary(schedule.unbatch(sched, g)) for g, s in enumerate(seeds)}
   io.write_json(os.path.join(workdir, "schedule.json"), summaries)

@@ -75,6 +75,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.engine.local_loop = "while"  # or "scan" (static step count, can be unrolled)
   config.engine.local_unroll = 1  # scan unroll factor; >= the step count unrolls fully
   config.engine.eval_every = 10
+  config.engine.memory_limit_gb = 0.0  # device memory the run may use (0: the device's)
 
   # Sweeps: comma-separated values per hyperparameter, e.g. --config.sweep.lr=0.01,0.05,0.1;
   # the grid is their product, times the seeds, run as one program per algorithm.

@@ -1,0 +1,90 @@
+"""Device-memory estimate of a run, checked before anything is allocated for training.
+
+Per grid point (exact, from `jax.eval_shape` of the algorithm's own functions):
+
+  global and previous model        2 P
+  payload buffer                   S x payload (P plus an algorithm's scalars)
+  client state                     the algorithm's [N, ...] state (FedQS: N x P)
+  server state                     the algorithm's (FedBuff: P of momentum)
+
+plus the local-training working set of the clients trained at once (the widest
+dispatch, usually the version-0 one): trained copy, gradient, momentum and update,
+4 P each. The data arrays are shared by the grid. Activations are not counted.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedqs_jax.algorithms.base import Algorithm, Broadcast
+from fedqs_jax.data.base import FederatedData
+from fedqs_jax.errors import ConfigError
+
+
+def tree_bytes(tree) -> int:
+  return int(sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+
+
+def estimate(
+  algorithm: Algorithm,
+  params,
+  data: FederatedData,
+  *,
+  num_slots: int,
+  train_width: int,
+  grid_size: int,
+  hparams: dict,
+) -> dict[str, int]:
+  """Bytes of one grid point's state, of the whole grid, and of the shared data."""
+  n = data.num_clients
+  server, clients = jax.eval_shape(lambda p: algorithm.init(p, n), params)
+  row = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), clients)
+
+  def upload(p, r):
+    b = Broadcast(p, p, jnp.int32(0), jnp.int32(0), jnp.float32(1), lambda q: (None, None))
+    return algorithm.client_end(r, b, p, hparams)[0]
+
+  payload = jax.eval_shape(upload, params, row)
+  p = tree_bytes(params)
+  point = 2 * p + num_slots * tree_bytes(payload) + tree_bytes(clients) + tree_bytes(server)
+  point += train_width * 4 * p
+  shared = tree_bytes(data)
+  return {
+    "per_point": point,
+    "grid": grid_size * point,
+    "shared_data": shared,
+    "total": grid_size * point + shared,
+  }
+
+
+def available_bytes(device=None) -> int:
+  """The device's memory limit; host RAM for a CPU device."""
+  device = device or jax.devices()[0]
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  if stats and "bytes_limit" in stats:
+    return int(stats["bytes_limit"])
+  return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def check_fits(estimate_bytes: dict[str, int], limit: int, grid_size: int) -> None:
+  """Raises `ConfigError` saying by how much the run is too large and what to change."""
+  total = estimate_bytes["total"]
+  if total <= limit:
+    return
+  gib = 2.0**30
+  per_point = estimate_bytes["per_point"]
+  fit = max(int((limit - estimate_bytes["shared_data"]) // max(per_point, 1)), 0)
+  raise ConfigError(
+    f"memory: the run needs about {total / gib:.2f} GiB of device memory but "
+    f"{limit / gib:.2f} GiB are available ({(total - limit) / gib:.2f} GiB over): "
+    f"{grid_size} grid points x {per_point / gib:.3f} GiB + "
+    f"{estimate_bytes['shared_data'] / gib:.3f} GiB of data. About {fit} points fit: "
+    "sweep fewer values or seeds, or lower schedule.buffer_size or data.num_clients "
+    "(payload slots and client state scale with them), or use more devices "
+    "(engine.memory_limit_gb overrides the limit)"
+  )
