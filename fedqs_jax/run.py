@@ -111,16 +111,28 @@ def train(
   # The grid: every swept point (restricted to this algorithm's hyperparameters) x every seed.
   mine = sweep.restrict(sweep.points(config), list(base_hparams(config, algo_hparams)))
   grid = [(point, s) for point in mine for s in range(len(seeds))]
-  seed_index = np.array([s for _, s in grid])
-  hparams = grid_hparams(config, algo_hparams, len(grid), [p for p, _ in grid])
-  if len(grid) != len(seeds) or np.any(seed_index != np.arange(len(seeds))):
+  # Several local devices: the grid axis is sharded over them, padded to a multiple of
+  # their number with copies of the last entry (their results are dropped).
+  devices = jax.local_devices()
+  padded = grid + [grid[-1]] * (-len(grid) % len(devices))
+  seed_index = np.array([s for _, s in padded])
+  hparams = grid_hparams(config, algo_hparams, len(padded), [p for p, _ in padded])
+  if len(padded) != len(seeds) or np.any(seed_index != np.arange(len(seeds))):
     sched = jax.tree.map(lambda x: x[seed_index], sched)  # each entry: its seed's schedule
   grid_seeds = [seeds[s] for s in seed_index]
+  init_keys, train_keys = seed_keys(grid_seeds, INIT_STREAM), seed_keys(grid_seeds, TRAIN_STREAM)
+  if len(devices) > 1:
+    mesh = jax.sharding.Mesh(np.array(devices), ("grid",))
+    by_point = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("grid"))
+    sched, hparams, init_keys, train_keys = jax.device_put(
+      (sched, hparams, init_keys, train_keys), by_point
+    )
+    data = jax.device_put(data, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   engine = make_engine(config, algorithm, apply_fn, data, sched.num_slots)
   sample = data.x_train[:1]
-  params = jax.vmap(lambda k: module.init(k, sample)["params"])(seed_keys(grid_seeds, INIT_STREAM))
+  params = jax.vmap(lambda k: module.init(k, sample)["params"])(init_keys)
   state = engine.init(
-    seed_keys(grid_seeds, TRAIN_STREAM),
+    train_keys,
     params,
     sched.init_client,
     sched.init_slot,
@@ -145,6 +157,8 @@ def train(
   }
   for key in round_metrics[0]:
     out[key] = np.concatenate([np.asarray(m[key]) for m in round_metrics], axis=1)
+  out = {k: v if k == "eval_round" else v[: len(grid)] for k, v in out.items()}  # drop padding
+  out["devices"] = len(state.round.sharding.device_set)
   out["chunk_traces"] = engine.traces
   out["grid"] = [(point, seeds[s], s) for point, s in grid]  # (point, seed, schedule index)
   return out
@@ -162,9 +176,12 @@ def window_metrics(result: dict, g: int, start: int, stop: int) -> dict[str, flo
   out["client_steps"] = int(result["client_steps"][g, start:stop].sum())
   out["dispatched"] = int(dispatched)
   for key, values in result.items():
-    if key in out or key in ("eval_round", "test_accuracy", "test_loss", "chunk_traces", "grid"):
+    per_round = (
+      isinstance(values, np.ndarray) and values.shape[1:2] == result["train_loss"].shape[1:2]
+    )
+    if key in out or not per_round or key in ("test_accuracy", "test_loss"):
       continue
-    window = np.asarray(values)[g, start:stop]
+    window = values[g, start:stop]
     if key == "diverged":
       out[key] = bool(window.any())
     elif key.startswith("dispatch_"):
