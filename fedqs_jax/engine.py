@@ -41,7 +41,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedqs_jax.algorithms.base import Algorithm, Arrivals, Broadcast, LocalSettings, tree_where
+from fedqs_jax.algorithms.base import (
+  Algorithm,
+  Arrivals,
+  Broadcast,
+  LocalSettings,
+  payload_shape,
+  tree_where,
+)
 from fedqs_jax.data.base import FederatedData
 from fedqs_jax.schedule import RoundEvents
 
@@ -309,20 +316,8 @@ class Engine:
     `params` is the point's w^0; `key` its local-training key.
     """
     server_state, client_state = self.algorithm.init(params, self.num_clients)
-    probe = Broadcast(
-      params,
-      params,
-      jnp.int32(0),
-      jnp.int32(0),
-      jnp.float32(1),
-      lambda p: self.class_accuracy(p, jnp.int32(0), data),
-    )
-    payload_shape = jax.eval_shape(
-      lambda: self.algorithm.client_end(
-        jax.tree.map(lambda x: x[0], client_state), probe, params, hparams
-      )[0]
-    )
-    payloads = jax.tree.map(lambda s: jnp.zeros((self.num_slots, *s.shape), s.dtype), payload_shape)
+    shape = payload_shape(self.algorithm, params, client_state, hparams)
+    payloads = jax.tree.map(lambda s: jnp.zeros((self.num_slots, *s.shape), s.dtype), shape)
     state = SimState(
       params=params,
       prev_params=params,

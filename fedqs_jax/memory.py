@@ -18,10 +18,9 @@ import math
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from fedqs_jax.algorithms.base import Algorithm, Broadcast
+from fedqs_jax.algorithms.base import Algorithm, payload_shape
 from fedqs_jax.data.base import FederatedData
 from fedqs_jax.errors import ConfigError
 
@@ -41,20 +40,14 @@ def estimate(
   hparams: dict,
 ) -> dict[str, int]:
   """Bytes of one grid point's state, of the whole grid, and of the shared data."""
-  n = data.num_clients
-  server, clients = jax.eval_shape(lambda p: algorithm.init(p, n), params)
-  row = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), clients)
-
-  def upload(p, r):
-    b = Broadcast(p, p, jnp.int32(0), jnp.int32(0), jnp.float32(1), lambda q: (None, None))
-    return algorithm.client_end(r, b, p, hparams)[0]
-
-  payload = jax.eval_shape(upload, params, row)
+  server, clients = jax.eval_shape(lambda p: algorithm.init(p, data.num_clients), params)
+  payload = payload_shape(algorithm, params, clients, hparams)
   p = tree_bytes(params)
   point = 2 * p + num_slots * tree_bytes(payload) + tree_bytes(clients) + tree_bytes(server)
   point += train_width * 4 * p
   shared = tree_bytes(data)
   return {
+    "points": grid_size,
     "per_point": point,
     "grid": grid_size * point,
     "shared_data": shared,
@@ -71,7 +64,7 @@ def available_bytes(device=None) -> int:
   return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
-def check_fits(estimate_bytes: dict[str, int], limit: int, grid_size: int) -> None:
+def check_fits(estimate_bytes: dict[str, int], limit: int) -> None:
   """Raises `ConfigError` saying by how much the run is too large and what to change."""
   total = estimate_bytes["total"]
   if total <= limit:
@@ -82,7 +75,7 @@ def check_fits(estimate_bytes: dict[str, int], limit: int, grid_size: int) -> No
   raise ConfigError(
     f"memory: the run needs about {total / gib:.2f} GiB of device memory but "
     f"{limit / gib:.2f} GiB are available ({(total - limit) / gib:.2f} GiB over): "
-    f"{grid_size} grid points x {per_point / gib:.3f} GiB + "
+    f"{estimate_bytes['points']} grid points x {per_point / gib:.3f} GiB + "
     f"{estimate_bytes['shared_data'] / gib:.3f} GiB of data. About {fit} points fit: "
     "sweep fewer values or seeds, or lower schedule.buffer_size or data.num_clients "
     "(payload slots and client state scale with them), or use more devices "

@@ -88,6 +88,19 @@ def grid_hparams(
   return {k: jnp.asarray([p.get(k, v) for p in points], jnp.float32) for k, v in flat.items()}
 
 
+def algorithm_setup(config: ml_collections.ConfigDict, algorithm_name: str, num_classes: int):
+  """(resolved config, model, algorithm, its base hyperparameters, its sweep points).
+
+  The points are the sweep restricted to the hyperparameters this algorithm has.
+  """
+  algorithm_name, config = config_lib.resolve(algorithm_name, config)
+  module = models.build(config.model, num_classes)
+  algorithm, algo_hparams = algorithms.build(algorithm_name, config)
+  hparams = base_hparams(config, algo_hparams)
+  points = sweep.restrict(sweep.points(config), list(hparams))
+  return config, module, algorithm, algo_hparams, points
+
+
 def train(
   config: ml_collections.ConfigDict,
   algorithm_name: str,
@@ -100,16 +113,15 @@ def train(
   Returns per-seed arrays: `eval_round` [E], `test_accuracy` / `test_loss`
   [G, E], and the per-round algorithm and training metrics [G, T].
   """
-  algorithm_name, config = config_lib.resolve(algorithm_name, config)
-  module = models.build(config.model, data.num_classes)
+  config, module, algorithm, algo_hparams, mine = algorithm_setup(
+    config, algorithm_name, data.num_classes
+  )
 
   def apply_fn(params, x):
     return module.apply({"params": params}, x)
 
-  algorithm, algo_hparams = algorithms.build(algorithm_name, config)
   seeds = config_lib.seeds(config)
-  # The grid: every swept point (restricted to this algorithm's hyperparameters) x every seed.
-  mine = sweep.restrict(sweep.points(config), list(base_hparams(config, algo_hparams)))
+  # The grid: every swept point of this algorithm x every seed.
   grid = [(point, s) for point in mine for s in range(len(seeds))]
   # Several local devices: the grid axis is sharded over them, padded to a multiple of
   # their number with copies of the last entry (their results are dropped).
@@ -264,10 +276,9 @@ def results_table(summary_rows: list[dict], target: float) -> str:
 
 def memory_estimate(config, algorithm_name, data, sched) -> dict[str, int]:
   """`memory.estimate` of one algorithm's grid on this run's schedule."""
-  algorithm_name, config = config_lib.resolve(algorithm_name, config)
-  module = models.build(config.model, data.num_classes)
-  algorithm, algo_hparams = algorithms.build(algorithm_name, config)
-  points = sweep.restrict(sweep.points(config), list(base_hparams(config, algo_hparams)))
+  config, module, algorithm, algo_hparams, points = algorithm_setup(
+    config, algorithm_name, data.num_classes
+  )
   params = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), data.x_train[:1])["params"])
   return memory.estimate(
     algorithm,
@@ -285,8 +296,7 @@ def check_memory(config, algorithm_name, data, sched) -> None:
   estimate = memory_estimate(config, algorithm_name, data, sched)
   limit_gb = config.engine.get("memory_limit_gb", 0.0)
   limit = int(limit_gb * 2**30) if limit_gb > 0 else memory.available_bytes()
-  points = estimate["grid"] // max(estimate["per_point"], 1)
-  memory.check_fits(estimate, limit, points)
+  memory.check_fits(estimate, limit)
 
 
 class Progress:

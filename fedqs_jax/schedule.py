@@ -359,7 +359,6 @@ def _tick(
 
 
 def _assemble(out: dict, **fields) -> Schedule:
-  out = {key: val for key, val in out.items() if not key.startswith("started_")}
   fields.update(out)
   rounds = jnp.arange(fields["arrival_version"].shape[0], dtype=jnp.int32)
   fields["staleness"] = rounds[:, None] - fields["arrival_version"]

@@ -113,6 +113,22 @@ def data_size_weights(num_examples: jnp.ndarray) -> jnp.ndarray:
   return jnp.where(total > 0, num_examples / jnp.maximum(total, 1.0), 0.0)
 
 
+def payload_shape(algorithm: Algorithm, params: Params, client_state: Any, hparams: HParams):
+  """Shapes and dtypes of one task's payload: `jax.eval_shape` of `client_end`.
+
+  `client_state` is the algorithm's [N, ...] client state (arrays or shape structs).
+  """
+
+  def upload(p, clients):
+    row = jax.tree.map(lambda x: x[0], clients)
+    broadcast = Broadcast(
+      p, p, jnp.int32(0), jnp.int32(0), jnp.float32(1), lambda q: (None, None)
+    )  # client_end does not evaluate the probe
+    return algorithm.client_end(row, broadcast, p, hparams)[0]
+
+  return jax.eval_shape(upload, params, client_state)
+
+
 def tree_where(cond: jnp.ndarray, on_true: Params, on_false: Params) -> Params:
   """Leafwise `jnp.where(cond, on_true, on_false)` for a scalar `cond`."""
   return jax.tree.map(lambda x, y: jnp.where(cond, x, y), on_true, on_false)
