@@ -713,34 +713,18 @@ def cnn_section(args, report) -> dict:
     out["a"][label] = res
   best_a_name = max(out["a"], key=lambda n: out["a"][n]["steps_per_s"])
   ref = out["a"][best_a_name]["steps_per_s"]
+
+  def row(label, res, useful):
+    head = [label, str(res["rounds"]), fmt(res["client_steps"]), fmt(res["steps_per_s"])]
+    return head + [fmt(res["gflops"], 2), useful, fmt(res["compile_s"], 2),
+                   f"{res['steps_per_s'] / ref:.2f}x"]  # fmt: skip
+
   rows = []
   for res in out["modes"].values():
     res["vs_a"] = res["steps_per_s"] / ref
-    rows.append(
-      [
-        f"engine {res['mode']}",
-        str(res["rounds"]),
-        fmt(res["client_steps"]),
-        fmt(res["steps_per_s"]),
-        fmt(res["gflops"], 2),
-        fmt(100 * res["useful_fraction"]),
-        fmt(res["compile_s"], 2),
-        f"{res['vs_a']:.2f}x",
-      ]
-    )
+    rows.append(row(f"engine {res['mode']}", res, fmt(100 * res["useful_fraction"])))
   for label, res in out["a"].items():
-    rows.append(
-      [
-        f"(a) per-client jit loop, {label}",
-        str(res["rounds"]),
-        fmt(res["client_steps"]),
-        fmt(res["steps_per_s"]),
-        fmt(res["gflops"], 2),
-        "",
-        fmt(res["compile_s"], 2),
-        f"{res['steps_per_s'] / ref:.2f}x",
-      ]
-    )
+    rows.append(row(f"(a) per-client jit loop, {label}", res, ""))
   header = ["runner", "rounds", "steps", "steps/s", "GFLOP/s", "useful %", "compile s", "vs (a)"]
   text = (
     "== small CNN (channels 16, 32), Dirichlet 0.1: execution modes vs baseline (a) ==\n"
