@@ -135,9 +135,12 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
           config.data.get("validation_fraction", 0.0),
           "FedQS needs per-client validation data for its SBC check: use e.g. 0.2")  # fmt: skip
   models.validate(config.model)
-  if config.model.name == "cnn":
+  if config.model.name in models.IMAGE_MODELS:
     check(config.data.name in data.IMAGE_DATASETS, "model.name", config.model.name,
-          f"the cnn needs image data: data.name in {data.IMAGE_DATASETS}")  # fmt: skip
+          f"{config.model.name} needs image data: data.name in {data.IMAGE_DATASETS}")  # fmt: skip
+  if (config.model.name in models.TOKEN_MODELS) != (config.data.name in data.TOKEN_DATASETS):
+    check(False, "model.name", config.model.name, f"character data (data.name in "
+          f"{data.TOKEN_DATASETS}) and the models {models.TOKEN_MODELS} go together")  # fmt: skip
 
   n = config.data.num_clients
   s = config.schedule
@@ -150,6 +153,18 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
   if s.protocol == "sync":
     check(0 <= s.clients_per_round <= n, "schedule.clients_per_round", s.clients_per_round,
           f"must be in [1, data.num_clients={n}] (0: all clients)")  # fmt: skip
+  weighted = any(resolve(name, config)[0] == "gen_async_sgd" for name in names)
+  if s.protocol == "queueing" or weighted:
+    routing, concurrency = schedule.queueing_parameters(
+      s.get("routing"), s.get("concurrency", 0), n
+    )
+  if s.protocol == "queueing":
+    check(1 <= s.buffer_size <= concurrency, "schedule.buffer_size", s.buffer_size,
+          f"must be in [1, schedule.concurrency={concurrency}] (tasks in circulation)")  # fmt: skip
+  elif weighted:
+    check(bool(np.allclose(routing, 1.0 / n)), "schedule.routing", s.get("routing"),
+          "non-uniform routing needs schedule.protocol='queueing' (gen_async_sgd's weights "
+          "1/(n p_i) assume clients are drawn from p)")  # fmt: skip
 
   t = config.time
   check(t.distribution in schedule.DISTRIBUTIONS, "time.distribution", t.distribution,
@@ -182,6 +197,9 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
   check(e.local_unroll >= 1, "engine.local_unroll", e.local_unroll, "must be >= 1")
   check(e.eval_every >= 1 and s.num_rounds % e.eval_every == 0, "engine.eval_every",
         e.eval_every, f"must be >= 1 and divide schedule.num_rounds={s.num_rounds}")  # fmt: skip
+  every = e.get("checkpoint_every", 0)
+  check(isinstance(every, int) and every >= 0, "engine.checkpoint_every", every,
+        "must be an integer >= 0 (chunks between checkpoints; 0: none)")  # fmt: skip
 
   grid = sweep.points(config)  # raises for values that are not numbers
   if grid != [{}]:
@@ -189,8 +207,8 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
     for name in names:
       base, resolved = resolve(name, config)
       known |= {"lr", "momentum", "clip", *algorithms.build(base, resolved)[1]}
-    for field in grid[0]:
-      check(field in known, f"sweep.{field}", config.sweep[field],
+    for field in dict.fromkeys(f for point in grid for f in point):
+      check(field in known, f"sweep.{field}", config.get("sweep", {}).get(field, "get_sweep()"),
             f"no algorithm of this run has a hyperparameter {field!r}")  # fmt: skip
     for point in grid:
       for field, low, high in (("lr", 0.0, None), ("clip", 0.0, None), ("momentum", None, 1.0)):

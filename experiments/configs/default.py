@@ -52,6 +52,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.schedule.num_rounds = 300
   config.schedule.buffer_size = 10  # K
   config.schedule.clients_per_round = 0  # M for `sync`; 0 = all clients
+  # `queueing` (closed queueing network, spec/QUEUEING.md): C tasks circulate and each new
+  # task goes to client j with probability p_j. concurrency: C (0 = N, or the routing file's
+  # C). routing: None or "" (uniform), N probabilities ("0.1,0.2,..." or a tuple), or a JSON
+  # file {"routing": [...], "concurrency": C} written by `experiments.queueing --out`.
+  config.schedule.concurrency = 0
+  config.schedule.routing = ml_collections.config_dict.placeholder(object)
 
   config.time = ml_collections.ConfigDict()
   config.time.distribution = "deterministic"
@@ -76,12 +82,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.engine.local_unroll = 1  # scan unroll factor; >= the step count unrolls fully
   config.engine.eval_every = 10
   config.engine.memory_limit_gb = 0.0  # device memory the run may use (0: the device's)
+  config.engine.checkpoint_every = 0  # chunks between checkpoints (0: none); see --resume
 
   # Sweeps: comma-separated values per hyperparameter, e.g. --config.sweep.lr=0.01,0.05,0.1;
   # the grid is their product, times the seeds, run as one program per algorithm.
   config.sweep = ml_collections.ConfigDict({name: "" for name in SWEEPABLE})
 
   config.fedsgd = ml_collections.ConfigDict(dict(server_lr=1.0))
+  config.gen_async_sgd = ml_collections.ConfigDict(dict(server_lr=1.0))  # w += lr/(n p_I) Delta
   config.fedbuff = ml_collections.ConfigDict(dict(server_lr=1.0, beta=0.5, server_momentum=0.0))
   config.fedqs = ml_collections.ConfigDict(
     dict(

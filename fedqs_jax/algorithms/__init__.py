@@ -16,6 +16,7 @@ from fedqs_jax.algorithms import (
   fedbuff,
   fedqs,
   fedsgd,
+  gen_async_sgd,
   similarity,
   staleness,
 )
@@ -31,6 +32,7 @@ REGISTRY = {
   "fedasync": fedasync.from_config,
   "fedqs_sgd": fedqs.builder("sgd"),
   "fedqs_avg": fedqs.builder("avg"),
+  "gen_async_sgd": gen_async_sgd.from_config,
 }
 
 
@@ -62,6 +64,9 @@ def validate(name: str, config: ml_collections.ConfigDict) -> None:
           f"must be in (0, fedqs.lr_max={c.lr_max}]")  # fmt: skip
   if name == "fedbuff":
     check(config.fedbuff.beta >= 0, "fedbuff.beta", config.fedbuff.beta, "must be >= 0")
+  if name == "gen_async_sgd":
+    lr = config.gen_async_sgd.server_lr
+    check(lr > 0, "gen_async_sgd.server_lr", lr, "must be > 0")
 
 
 def build(name: str, config: ml_collections.ConfigDict) -> tuple[Algorithm, base.HParams]:
