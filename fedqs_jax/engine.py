@@ -103,6 +103,9 @@ class SimState:
   diverged_round: jnp.ndarray
 
 
+DROPOUT_STREAM = 1  # fold_in of a task's key: dropout draws, apart from the minibatch order
+
+
 class TrainStats(NamedTuple):
   steps: jnp.ndarray  # [] int32 minibatch steps that touched at least one example
   loss: jnp.ndarray  # [] float32 mean training loss over those steps
@@ -128,7 +131,12 @@ class Engine:
 
   Args:
     algorithm: the algorithm record.
-    apply_fn: `apply_fn(params, x) -> logits`, pure.
+    apply_fn: `apply_fn(params, x) -> logits`, pure (evaluation mode).
+    train_fn: `train_fn(params, x, key) -> (logits, state)` in training mode (dropout
+      drawing from `key`); `state` is a dict of the model's variable collections that
+      training updates (BatchNorm's running statistics, `{}` for most models), merged
+      into the params pytree after each step: such statistics are then carried, sent
+      and averaged like parameters. None: `apply_fn` with no state.
     data: the federated dataset (only its shapes are baked in).
     num_slots: S, payload slots (`Schedule.num_slots`).
     local: local-training settings.
@@ -143,9 +151,11 @@ class Engine:
     num_slots: int,
     local: LocalConfig = LocalConfig(),
     execution: ExecConfig = ExecConfig(),
+    train_fn=None,
   ):
     self.algorithm = algorithm
     self.apply_fn = apply_fn
+    self.train_fn = train_fn or (lambda p, x, key: (apply_fn(p, x), {}))
     self.num_clients = data.num_clients
     self.max_client_size = data.max_client_size
     self.num_slots = num_slots
@@ -215,17 +225,23 @@ class Engine:
     orders = self._orders(key, count)
     opt = local_optimizer(settings.lr, settings.momentum, hparams["clip"])
 
-    def loss_fn(p, x, y, m):
-      return cross_entropy(self.apply_fn(p, x), y, m)
+    dropout_key = jax.random.fold_in(key, DROPOUT_STREAM)
+
+    def loss_fn(p, x, y, m, step_key):
+      logits, model_state = self.train_fn(p, x, step_key)
+      return cross_entropy(logits, y, m), model_state
 
     def sgd_step(p, opt_state, s):
       pos, m = self._batch(key, orders, count, s)
       examples = row[pos]
-      loss, grads = jax.value_and_grad(loss_fn)(
-        p, data.x_train[examples], data.y_train[examples], m
+      (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        p, data.x_train[examples], data.y_train[examples], m, jax.random.fold_in(dropout_key, s)
       )
       updates, opt_state = opt.update(grads, opt_state, p)
-      return optax.apply_updates(p, updates), opt_state, loss
+      new_p = optax.apply_updates(p, updates)
+      if model_state:  # the statistics training updates (their gradient is zero)
+        new_p = {**new_p, **model_state}
+      return new_p, opt_state, loss
 
     init = (params, opt.init(params), jnp.zeros((), jnp.float32))
     if self.execution.local_loop == "while":

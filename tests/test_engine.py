@@ -239,3 +239,78 @@ def test_while_and_scan_local_loops_train_identically():
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), out["while"], out["scan"]
   )
+
+
+def stateful_engine(model_config, data, **local):
+  module = models.build(model_config, data.num_classes)
+  fns = run.model_fns(module, model_config)
+  algo, _ = algorithms.build("fedavg", tiny_config())
+  eng = engine.Engine(
+    algo, fns.apply, data, num_slots=data.num_clients, train_fn=fns.train,
+    local=engine.LocalConfig(**local),
+  )  # fmt: skip
+  return eng, fns, fns.init(jax.random.PRNGKey(0), data.x_train[:1])
+
+
+def test_batchnorm_statistics_are_trained_and_carried_like_parameters():
+  """One local step of a BatchNorm ResNet: the weights take one SGD step and the running
+  statistics become those of the step's minibatch (no gradient reaches them)."""
+  rng = np.random.default_rng(1)
+  data = handmade_data(sizes=(4, 4))
+  data = data.replace(x_train=jnp.asarray(rng.normal(size=(8, 4, 4, 1)), jnp.float32),
+                      x_test=jnp.asarray(rng.normal(size=(10, 4, 4, 1)), jnp.float32))  # fmt: skip
+  config = tiny_config(**{"model.name": "resnet18"}).model
+  with config.unlocked():
+    config.width, config.norm = 4, "batch"
+  eng, fns, variables = stateful_engine(config, data, batch_size=4, steps=1)
+  assert set(variables) == {"params", "batch_stats"}
+  settings = LocalSettings(lr=jnp.float32(0.1), momentum=jnp.float32(0.0))
+  key = jax.random.PRNGKey(3)
+  hparams = {**HPARAMS, "clip": jnp.float32(1e9)}  # an exact SGD step: no clipping
+  trained, stats = jax.jit(lambda: eng.local_train(variables, settings, 1, key, hparams, data))()
+  assert int(stats.steps) == 1
+  pos, mask = eng.batch_plan(key, data.client_count[1])
+  x = data.x_train[data.client_index[1][pos[0]]]
+  y = data.y_train[data.client_index[1][pos[0]]]
+  assert bool(mask[0].all())
+
+  def loss(p):
+    logits, state = fns.train({**variables, "params": p}, x, None)
+    return engine.cross_entropy(logits, y, mask[0]), state
+
+  (_, state), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
+  expected = jax.tree.map(lambda w, g: w - 0.1 * g, variables["params"], grads)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5),
+               trained["params"], expected)  # fmt: skip
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               trained["batch_stats"], state["batch_stats"])  # fmt: skip
+  moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), trained["batch_stats"],
+                       variables["batch_stats"])  # fmt: skip
+  assert all(jax.tree.leaves(moved))
+
+
+def test_dropout_draws_from_the_task_key_only_in_training():
+  data = handmade_data(sizes=(16, 16))
+  data = data.replace(x_train=data.x_train[:, :6])
+  config = tiny_config(**{"model.name": "fcn"}).model
+  with config.unlocked():
+    config.fcn_hidden, config.dropout = 32, 0.5
+  eng, fns, params = stateful_engine(config, data, batch_size=4, epochs=1)
+  no_drop = config.copy_and_resolve_references()
+  no_drop.dropout = 0.0
+  eng0, _, _ = stateful_engine(no_drop, data, batch_size=4, epochs=1)
+  train = jax.jit(
+    lambda e, k: e.local_train(params, SETTINGS, 0, k, HPARAMS, data), static_argnums=0
+  )
+  a, _ = train(eng, jax.random.PRNGKey(0))
+  again, _ = train(eng, jax.random.PRNGKey(0))
+  other, _ = train(eng, jax.random.PRNGKey(1))
+  plain, _ = train(eng0, jax.random.PRNGKey(0))
+  leaves = lambda t: np.concatenate([np.ravel(v) for v in jax.tree.leaves(t)])  # noqa: E731
+  np.testing.assert_array_equal(leaves(a), leaves(again))  # same key, same numbers
+  assert not np.allclose(leaves(a), leaves(plain))  # dropout is active in training
+  assert not np.allclose(leaves(a), leaves(other))
+  # Evaluation is deterministic: no dropout.
+  x = data.x_test[:, :6]
+  np.testing.assert_array_equal(fns.apply(a, x), fns.apply(a, x))
+  np.testing.assert_allclose(fns.apply(params, x), eng0.apply_fn(params, x), rtol=1e-6)
