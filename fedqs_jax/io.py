@@ -34,7 +34,7 @@ def atomic_open(path: str, mode: str = "w") -> Iterator[IO]:
 
 def write_json(path: str, obj: Any) -> None:
   with atomic_open(path) as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=_jsonable)
+    json.dump(obj, f, indent=2, sort_keys=True, default=jsonable)
     f.write("\n")
 
 
@@ -49,7 +49,7 @@ def write_csv(path: str, rows: Sequence[dict[str, Any]]) -> None:
     writer.writerows(rows)
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
   if hasattr(obj, "tolist"):
     return obj.tolist()
   if isinstance(obj, tuple | set):

@@ -38,26 +38,32 @@ def estimate(
   train_width: int,
   grid_size: int,
   hparams: dict,
+  num_devices: int = 1,
 ) -> dict[str, int]:
-  """Bytes of one grid point's state, of the whole grid, and of the shared data."""
+  """Bytes of one grid point's state, of the whole grid, of the shared data, and of
+  the busiest device (the grid axis is sharded over `num_devices`, the data replicated)."""
   server, clients = jax.eval_shape(lambda p: algorithm.init(p, data.num_clients), params)
   payload = payload_shape(algorithm, params, clients, hparams)
   p = tree_bytes(params)
   point = 2 * p + num_slots * tree_bytes(payload) + tree_bytes(clients) + tree_bytes(server)
   point += train_width * 4 * p
   shared = tree_bytes(data)
+  per_device = -(-grid_size // num_devices)
   return {
     "points": grid_size,
+    "devices": num_devices,
+    "points_per_device": per_device,
     "per_point": point,
     "grid": grid_size * point,
     "shared_data": shared,
     "total": grid_size * point + shared,
+    "per_device": per_device * point + shared,
   }
 
 
 def available_bytes(device=None) -> int:
   """The device's memory limit; host RAM for a CPU device."""
-  device = device or jax.devices()[0]
+  device = device or jax.local_devices()[0]
   stats = device.memory_stats() if hasattr(device, "memory_stats") else None
   if stats and "bytes_limit" in stats:
     return int(stats["bytes_limit"])
@@ -65,18 +71,21 @@ def available_bytes(device=None) -> int:
 
 
 def check_fits(estimate_bytes: dict[str, int], limit: int) -> None:
-  """Raises `ConfigError` saying by how much the run is too large and what to change."""
-  total = estimate_bytes["total"]
+  """Raises `ConfigError` saying by how much the busiest device is over `limit` (one
+  device's memory) and what to change."""
+  total = estimate_bytes.get("per_device", estimate_bytes["total"])
   if total <= limit:
     return
   gib = 2.0**30
   per_point = estimate_bytes["per_point"]
   fit = max(int((limit - estimate_bytes["shared_data"]) // max(per_point, 1)), 0)
   raise ConfigError(
-    f"memory: the run needs about {total / gib:.2f} GiB of device memory but "
+    f"memory: the run needs about {total / gib:.2f} GiB per device but "
     f"{limit / gib:.2f} GiB are available ({(total - limit) / gib:.2f} GiB over): "
-    f"{estimate_bytes['points']} grid points x {per_point / gib:.3f} GiB + "
-    f"{estimate_bytes['shared_data'] / gib:.3f} GiB of data. About {fit} points fit: "
+    f"{estimate_bytes.get('points_per_device', estimate_bytes['points'])} grid points "
+    f"per device (of {estimate_bytes['points']} on {estimate_bytes.get('devices', 1)} "
+    f"devices) x {per_point / gib:.3f} GiB + {estimate_bytes['shared_data'] / gib:.3f} GiB "
+    f"of data. About {fit} points fit per device: "
     "sweep fewer values or seeds, or lower schedule.buffer_size or data.num_clients "
     "(payload slots and client state scale with them), or use more devices "
     "(engine.memory_limit_gb overrides the limit)"

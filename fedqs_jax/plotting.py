@@ -34,7 +34,60 @@ def accuracy_curves(rows: list[dict], path: str, label=lambda row: row["algorith
   for ax in axes:
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
-  axes[0].legend()
+  if len(curves) <= 12:
+    axes[0].legend()
+  else:  # a sweep's many points: a legend would hide the plot
+    axes[0].set_title(f"{len(curves)} curves (one per point; summary.csv names them)")
+  with io.atomic_open(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=110)
+  plt.close(fig)
+
+
+def _final_by_point(rows: list[dict], x: str, y: str | None, metric: str) -> dict:
+  """{(x value, y value): [metric of every seed and of every other swept value]}."""
+  cells: dict[tuple, list[float]] = defaultdict(list)
+  for r in rows:
+    if r.get(x, "") in ("", None) or (y is not None and r.get(y, "") in ("", None)):
+      continue
+    key = (float(r[x]), float(r[y]) if y is not None else None)
+    cells[key].append(float(r[metric]))
+  return cells
+
+
+def sensitivity(
+  summary_rows: list[dict], x: str, y: str, path: str, metric: str = "final_accuracy"
+) -> None:
+  """Final accuracy over two swept hyperparameters: a heatmap and a line per `y` value.
+
+  Each cell is the mean over seeds and over the values of every other swept
+  hyperparameter (the marginal mean), as in a sensitivity analysis.
+  """
+  cells = _final_by_point(summary_rows, x, y, metric)
+  if not cells:
+    raise ValueError(f"no rows sweep both {x!r} and {y!r}")
+  xs = sorted({k[0] for k in cells})
+  ys = sorted({k[1] for k in cells})
+  grid = np.full((len(ys), len(xs)), np.nan)
+  for (vx, vy), values in cells.items():
+    grid[ys.index(vy), xs.index(vx)] = 100 * np.mean(values)
+  fig, (heat, lines) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+  image = heat.imshow(grid, origin="lower", cmap="viridis", aspect="auto")
+  heat.set_xticks(range(len(xs)), [f"{v:g}" for v in xs])
+  heat.set_yticks(range(len(ys)), [f"{v:g}" for v in ys])
+  heat.set_xlabel(x)
+  heat.set_ylabel(y)
+  for i in range(len(ys)):
+    for j in range(len(xs)):
+      if np.isfinite(grid[i, j]):
+        heat.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", color="w", fontsize=8)
+  fig.colorbar(image, ax=heat, label=f"{metric} (%)")
+  for i, vy in enumerate(ys):
+    lines.plot(xs, grid[i], marker="o", label=f"{y}={vy:g}")
+  lines.set_xscale("log" if min(xs) > 0 and max(xs) / min(xs) >= 20 else "linear")
+  lines.set_xlabel(x)
+  lines.set_ylabel(f"{metric} (%)")
+  lines.grid(alpha=0.3)
+  lines.legend()
   with io.atomic_open(path, "wb") as f:
     fig.savefig(f, format="png", dpi=110)
   plt.close(fig)

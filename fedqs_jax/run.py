@@ -15,24 +15,38 @@ All writes are atomic.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fedqs_jax import algorithms, io, memory, metrics, models, schedule, sweep
+from fedqs_jax import (
+  algorithms,
+  checkpoint,
+  distributed,
+  io,
+  memory,
+  metrics,
+  models,
+  schedule,
+  sweep,
+)
 from fedqs_jax import config as config_lib
 from fedqs_jax import data as data_lib
 from fedqs_jax.engine import Engine, ExecConfig, LocalConfig
+from fedqs_jax.errors import check
 
 # Independent PRNG streams of a seed (fold_in of the seed's root key).
 SCHEDULE_STREAM, INIT_STREAM, TRAIN_STREAM = 0, 1, 2
+CHECKPOINTS = "checkpoints"  # the workdir's folder of per-algorithm checkpoints
 
 
 def seed_keys(seeds: list[int], stream: int) -> jax.Array:
@@ -43,6 +57,12 @@ def seed_keys(seeds: list[int], stream: int) -> jax.Array:
 def make_schedule(config: ml_collections.ConfigDict) -> schedule.Schedule:
   """The run's schedule, one per seed ([G, ...])."""
   s = config.schedule
+  queueing = {}
+  if s.protocol == "queueing":
+    routing, concurrency = schedule.queueing_parameters(
+      s.get("routing"), s.get("concurrency", 0), config.data.num_clients
+    )
+    queueing = dict(routing=routing, concurrency=concurrency)
   return schedule.build(
     seed_keys(config_lib.seeds(config), SCHEDULE_STREAM),
     config_lib.time_model(config),
@@ -50,18 +70,60 @@ def make_schedule(config: ml_collections.ConfigDict) -> schedule.Schedule:
     num_rounds=s.num_rounds,
     buffer_size=s.buffer_size,
     clients_per_round=s.clients_per_round or None,
+    **queueing,
   )
 
 
+class ModelFns(NamedTuple):
+  """A model as pure functions of the pytree the engine trains and algorithms average.
+
+  That pytree is the 'params' collection, or for models with state that training
+  updates (BatchNorm) the dict of 'params' and those collections.
+  """
+
+  init: Callable  # (key, x) -> params pytree
+  apply: Callable  # (params, x) -> logits, evaluation mode
+  train: Callable  # (params, x, key) -> (logits, updated collections), training mode
+
+
+def model_fns(module, model_config: ml_collections.ConfigDict) -> ModelFns:
+  stateful = models.stateful_collections(model_config)
+  dropout = models.uses_dropout(model_config)
+
+  def variables(p):
+    return p if stateful else {"params": p}
+
+  def init(key, x):
+    v = module.init(key, x)
+    return {k: v[k] for k in ("params", *stateful)} if stateful else v["params"]
+
+  def apply(p, x):
+    return module.apply(variables(p), x)
+
+  def train(p, x, key):
+    rngs = {"dropout": key} if dropout else None
+    if stateful:
+      logits, state = module.apply(variables(p), x, train=True, rngs=rngs, mutable=list(stateful))
+      return logits, dict(state)
+    return module.apply(variables(p), x, train=True, rngs=rngs), {}
+
+  return ModelFns(init, apply, train)
+
+
 def make_engine(
-  config: ml_collections.ConfigDict, algorithm, apply_fn, data, num_slots: int
+  config: ml_collections.ConfigDict, algorithm, model: ModelFns | Callable, data, num_slots: int
 ) -> Engine:
+  """The engine of `config`'s local training and execution modes (`model`: the model's
+  functions, or just its `apply(params, x)` for a model without dropout or state)."""
   loc, e = config.local, config.engine
+  if not isinstance(model, ModelFns):
+    model = ModelFns(init=None, apply=model, train=None)
   return Engine(
     algorithm,
-    apply_fn,
+    model.apply,
     data,
     num_slots,
+    train_fn=model.train,
     local=LocalConfig(batch_size=loc.batch_size, epochs=loc.epochs, steps=loc.steps),
     execution=ExecConfig(
       client_mode=e.client_mode,
@@ -107,8 +169,16 @@ def train(
   data: data_lib.FederatedData,
   sched: schedule.Schedule,
   on_chunk: Callable[[int, int], None] | None = None,
+  checkpoint_dir: str | None = None,
+  resume: bool = False,
 ) -> dict[str, np.ndarray]:
   """Trains one algorithm on the seed-batched schedule `sched`.
+
+  The grid (every swept point x every seed) is one program whose leading axis is
+  sharded over all devices, of every process under `jax.distributed`. With
+  `checkpoint_dir`, the grid's state and metrics are saved every
+  `config.engine.checkpoint_every` chunks; `resume` continues from the newest
+  checkpoint there and gives exactly the numbers of an uninterrupted run.
 
   Returns per-seed arrays: `eval_round` [E], `test_accuracy` / `test_loss`
   [G, E], and the per-round algorithm and training metrics [G, T].
@@ -117,15 +187,13 @@ def train(
     config, algorithm_name, data.num_classes
   )
 
-  def apply_fn(params, x):
-    return module.apply({"params": params}, x)
-
+  model = model_fns(module, config.model)
   seeds = config_lib.seeds(config)
   # The grid: every swept point of this algorithm x every seed.
   grid = [(point, s) for point in mine for s in range(len(seeds))]
-  # Several local devices: the grid axis is sharded over them, padded to a multiple of
+  # Several devices: the grid axis is sharded over them, padded to a multiple of
   # their number with copies of the last entry (their results are dropped).
-  devices = jax.local_devices()
+  devices = jax.devices()
   padded = grid + [grid[-1]] * (-len(grid) % len(devices))
   seed_index = np.array([s for _, s in padded])
   hparams = grid_hparams(config, algo_hparams, len(padded), [p for p, _ in padded])
@@ -133,16 +201,18 @@ def train(
     sched = jax.tree.map(lambda x: x[seed_index], sched)  # each entry: its seed's schedule
   grid_seeds = [seeds[s] for s in seed_index]
   init_keys, train_keys = seed_keys(grid_seeds, INIT_STREAM), seed_keys(grid_seeds, TRAIN_STREAM)
+  num_slots = sched.num_slots  # read on the host, before the schedule spans other processes
   if len(devices) > 1:
     mesh = jax.sharding.Mesh(np.array(devices), ("grid",))
     by_point = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("grid"))
-    sched, hparams, init_keys, train_keys = jax.device_put(
-      (sched, hparams, init_keys, train_keys), by_point
+    local = jax.device_get((sched, hparams, init_keys, train_keys))  # the same in every process
+    sched, hparams, init_keys, train_keys = jax.device_put(local, by_point)
+    data = jax.device_put(
+      jax.device_get(data), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     )
-    data = jax.device_put(data, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-  engine = make_engine(config, algorithm, apply_fn, data, sched.num_slots)
+  engine = make_engine(config, algorithm, model, data, num_slots)
   sample = data.x_train[:1]
-  params = jax.vmap(lambda k: module.init(k, sample)["params"])(init_keys)
+  params = jax.vmap(lambda k: model.init(k, sample))(init_keys)
   state = engine.init(
     train_keys,
     params,
@@ -155,21 +225,26 @@ def train(
   chunk = config.engine.eval_every
   num_chunks = sched.num_rounds // chunk
   events = sched.events()
-  evals, round_metrics = [], []
-  for c in range(num_chunks):
+  done, history = 0, {}  # history: host arrays [G, chunks or rounds] of the chunks done
+  checkpoints = None
+  if checkpoint_dir is not None:
+    checkpoints = checkpoint.Checkpoints(checkpoint_dir, config.engine.checkpoint_every)
+    if resume and checkpoints.latest() is not None:
+      done, state, history = checkpoints.restore(state)
+  for c in range(done, num_chunks):
     state, per_round, evaluation = engine.run_chunk(state, events, hparams, data)
-    evals.append(jax.device_get(evaluation))
-    round_metrics.append(per_round)
+    new = distributed.to_host({**evaluation, **per_round})
+    for key, value in new.items():
+      value = value[:, None] if value.ndim == 1 else value  # an evaluation: [G] -> [G, 1]
+      history[key] = np.concatenate([history[key], value], axis=1) if key in history else value
+    if checkpoints is not None and checkpoints.due(c + 1, num_chunks):
+      checkpoints.save(c + 1, state, history)
     if on_chunk is not None:
       on_chunk(c + 1, num_chunks)
-  out = {
-    "eval_round": np.arange(1, num_chunks + 1) * chunk,
-    "test_accuracy": np.stack([e["test_accuracy"] for e in evals], axis=1),
-    "test_loss": np.stack([e["test_loss"] for e in evals], axis=1),
-  }
-  for key in round_metrics[0]:
-    out[key] = np.concatenate([np.asarray(m[key]) for m in round_metrics], axis=1)
-  out = {k: v if k == "eval_round" else v[: len(grid)] for k, v in out.items()}  # drop padding
+  if checkpoints is not None:
+    checkpoints.close()
+  out = {k: v[: len(grid)] for k, v in history.items()}  # drop the padding
+  out["eval_round"] = np.arange(1, num_chunks + 1) * chunk
   out["devices"] = len(state.round.sharding.device_set)
   out["chunk_traces"] = engine.traces
   out["grid"] = [(point, seeds[s], s) for point, s in grid]  # (point, seed, schedule index)
@@ -279,7 +354,8 @@ def memory_estimate(config, algorithm_name, data, sched) -> dict[str, int]:
   config, module, algorithm, algo_hparams, points = algorithm_setup(
     config, algorithm_name, data.num_classes
   )
-  params = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), data.x_train[:1])["params"])
+  init = model_fns(module, config.model).init
+  params = jax.eval_shape(lambda: init(jax.random.PRNGKey(0), data.x_train[:1]))
   return memory.estimate(
     algorithm,
     params,
@@ -288,6 +364,7 @@ def memory_estimate(config, algorithm_name, data, sched) -> dict[str, int]:
     train_width=max(sched.init_client.shape[-1], sched.dispatch_client.shape[-1]),
     grid_size=len(points) * config.num_seeds,
     hparams=base_hparams(config, algo_hparams),
+    num_devices=jax.device_count(),
   )
 
 
@@ -316,6 +393,7 @@ class Progress:
     )
     self.total = num_algorithms * rounds
     self.done, self.started = 0, 0
+    self.labels: set[str] = set()  # algorithms seen so far
     self.first_chunks: list[float] = []  # seconds of each algorithm's first chunk
     self.steady_seconds, self.steady_rounds = 0.0, 0
     self.start = self.last = self.previous = time.perf_counter()
@@ -331,9 +409,11 @@ class Progress:
 
   def update(self, label: str, rounds: int, chunk: int, num_chunks: int) -> None:
     now = time.perf_counter()
-    if chunk == 1:
+    if label not in self.labels:  # its first chunk in this process, compile included
+      self.labels.add(label)
       self.started += 1
       self.first_chunks.append(now - self.previous)
+      self.done += (chunk - 1) * rounds  # chunks restored from a checkpoint
     else:
       self.steady_seconds += now - self.previous
       self.steady_rounds += rounds
@@ -351,19 +431,61 @@ class Progress:
     )
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, stream=sys.stdout) -> dict[str, Any]:
-  """Validates, runs every algorithm of `config` on one schedule, writes `workdir`."""
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+  """The dotted names of the fields where two JSON-like configs differ."""
+  if isinstance(a, dict) and isinstance(b, dict):
+    out = []
+    for key in sorted(set(a) | set(b)):
+      out += _differences(a.get(key), b.get(key), f"{prefix}{key}.")
+    return out
+  return [] if a == b else [prefix[:-1]]
+
+
+def _check_resumable(config: ml_collections.ConfigDict, workdir: str, resume: bool) -> None:
+  """A checkpointed run continues only with `resume` and only with its own config."""
+  folder = os.path.join(workdir, CHECKPOINTS)
+  saved = os.path.join(workdir, "config.json")
+  if not resume:
+    check(not os.path.isdir(folder) or not os.listdir(folder), "workdir", workdir,
+          f"holds checkpoints of an unfinished run ({folder}): pass --resume to continue "
+          "it, or use another workdir")  # fmt: skip
+    return
+  if os.path.exists(saved):
+    with open(saved) as f:
+      before = json.load(f)
+    now = json.loads(json.dumps(config.to_dict(), default=io.jsonable))
+    changed = _differences(before, now)
+    check(not changed, "--resume", ", ".join(changed[:5]),
+          f"the config differs from the one of the run in {workdir} in these fields; "
+          "resume with the same config (or start a new workdir)")  # fmt: skip
+
+
+def run(
+  config: ml_collections.ConfigDict, workdir: str, stream=sys.stdout, resume: bool = False
+) -> dict[str, Any]:
+  """Validates, runs every algorithm of `config` on one schedule, writes `workdir`.
+
+  With `config.engine.checkpoint_every` > 0 each algorithm's grid is checkpointed in
+  `workdir/checkpoints/`; `resume` continues a killed run from there (the
+  checkpoints are removed once the results are written). Under `jax.distributed`
+  every process runs this, and process 0 alone writes.
+  """
   config_lib.validate(config, workdir)
+  _check_resumable(config, workdir, resume)
   names = config_lib.algorithm_names(config)
   data = data_lib.load(config.data, config.data.seed)
   sched = make_schedule(config)
   for name in names:  # before anything is written or compiled for training
     check_memory(config, name, data, sched)
-  os.makedirs(workdir, exist_ok=True)
-  io.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  writer = distributed.is_writer()
+  if not writer:
+    stream = open(os.devnull, "w")  # only process 0 reports
   seeds = config_lib.seeds(config)
   summaries = {s: schedule.summary(schedule.unbatch(sched, g)) for g, s in enumerate(seeds)}
-  io.write_json(os.path.join(workdir, "schedule.json"), summaries)
+  if writer:
+    os.makedirs(workdir, exist_ok=True)
+    io.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    io.write_json(os.path.join(workdir, "schedule.json"), summaries)
   first = summaries[seeds[0]]
   print(
     f"schedule: {config.schedule.protocol}, N={data.num_clients}, T={sched.num_rounds}, "
@@ -377,6 +499,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stream=sys.stdout) -> d
   progress = Progress(len(names), sched.num_rounds, stream)
   metric_rows, summary_rows, results = [], [], {}
   chunk = config.engine.eval_every
+  checkpointing = config.engine.get("checkpoint_every", 0) > 0
   for name in names:
     result = train(
       config,
@@ -384,16 +507,20 @@ def run(config: ml_collections.ConfigDict, workdir: str, stream=sys.stdout) -> d
       data,
       sched,
       on_chunk=lambda c, n, name=name: progress.update(name, chunk, c, n),
+      checkpoint_dir=os.path.join(workdir, CHECKPOINTS, name) if checkpointing else None,
+      resume=resume,
     )
     m, s = _rows(name, config, result, sched)
     metric_rows += m
     summary_rows += s
     results[name] = result
-  io.write_csv(os.path.join(workdir, "metrics.csv"), metric_rows)
-  io.write_csv(os.path.join(workdir, "summary.csv"), summary_rows)
+  if writer:
+    io.write_csv(os.path.join(workdir, "metrics.csv"), metric_rows)
+    io.write_csv(os.path.join(workdir, "summary.csv"), summary_rows)
 
-  from fedqs_jax import plotting  # matplotlib only when writing plots
+    from fedqs_jax import plotting  # matplotlib only when writing plots
 
-  plotting.accuracy_curves(metric_rows, os.path.join(workdir, "accuracy.png"), curve_label)
+    plotting.accuracy_curves(metric_rows, os.path.join(workdir, "accuracy.png"), curve_label)
+    shutil.rmtree(os.path.join(workdir, CHECKPOINTS), ignore_errors=True)
   print(results_table(summary_rows, config.target_accuracy), file=stream, flush=True)
   return {"results": results, "summary": summary_rows, "metrics": metric_rows, "schedule": sched}

@@ -3,6 +3,15 @@
 A sweep is declared in the config as comma-separated values per hyperparameter,
 `config.sweep.lr = "0.01,0.05,0.1"` (or on the command line,
 `--config.sweep.lr=0.01,0.05,0.1`); the grid is the product of the swept lists.
+A config file may also define `get_sweep()` returning a list of points built with
+`axis`, `product` and `zip` (in the spirit of big_vision's `get_hyper`):
+
+  def get_sweep():
+    return sweep.product(sweep.axis("a", [1e-3, 2e-3]),
+                         sweep.zip(sweep.axis("m0", [0.1, 0.2]), sweep.axis("k", [1, 2])))
+
+It lands in `config.sweep_points`, and the run's grid is its product with the
+command-line sweep.
 Every point of the grid, times every seed, becomes one entry of the leading grid
 axis G of ONE compiled program per algorithm (`fedqs_jax.run.train`). An algorithm
 only sees the swept hyperparameters it has: the others do not multiply its grid.
@@ -10,7 +19,8 @@ only sees the swept hyperparameters it has: the others do not multiply its grid.
 
 from __future__ import annotations
 
-import itertools
+import builtins
+import importlib.util
 from collections.abc import Sequence
 
 import ml_collections
@@ -34,15 +44,51 @@ def parse_values(name: str, value) -> list[float]:
     ) from None
 
 
+def axis(name: str, values: Sequence[float]) -> list[Point]:
+  """One swept hyperparameter: `[{name: v} for v in values]`."""
+  return [{name: float(v)} for v in values]
+
+
+def product(*parts: Sequence[Point]) -> list[Point]:
+  """Every combination of one point from each part (the first part varies slowest)."""
+  out: list[Point] = [{}]
+  for part in parts:
+    out = [{**a, **b} for a in out for b in part]
+  return out
+
+
+def zip(*parts: Sequence[Point]) -> list[Point]:
+  """The i-th points of the parts merged, for parts of equal length."""
+  lengths = {len(part) for part in parts}
+  if len(lengths) > 1:
+    raise ConfigError(f"sweep.zip needs parts of equal length, got lengths {sorted(lengths)}")
+  combos = builtins.zip(*parts, strict=True)
+  return [{k: v for p in combo for k, v in p.items()} for combo in combos]
+
+
 def points(config: ml_collections.ConfigDict) -> list[Point]:
-  """The product grid of `config.sweep` ([{}] when nothing is swept)."""
+  """The grid: `config.sweep_points` x the product of `config.sweep` ([{}]: no sweep)."""
   sweep = config.get("sweep") or {}
-  axes = [(name, parse_values(name, sweep[name])) for name in sweep]
-  axes = [(name, values) for name, values in axes if values]
-  names = [name for name, _ in axes]
-  return [
-    dict(zip(names, combo, strict=True)) for combo in itertools.product(*[v for _, v in axes])
-  ]
+  axes = [axis(name, parse_values(name, sweep[name])) for name in sweep]
+  from_file = [dict(p) for p in (config.get("sweep_points") or [{}])]
+  for point in from_file:
+    for name, value in point.items():
+      parse_values(name, [value])  # numbers only
+  return product(from_file, *[a for a in axes if a])
+
+
+def with_file_sweep(config: ml_collections.ConfigDict, filename: str) -> ml_collections.ConfigDict:
+  """`config` with `sweep_points` from the config file's `get_sweep()`, if it has one."""
+  spec = importlib.util.spec_from_file_location("_fedqs_config_file", filename)
+  if spec is None or spec.loader is None:
+    return config
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_sweep"):
+    return config
+  with config.unlocked():
+    config.sweep_points = [dict(p) for p in module.get_sweep()]
+  return config
 
 
 def restrict(grid: Sequence[Point], names: Sequence[str]) -> list[Point]:

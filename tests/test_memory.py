@@ -36,6 +36,24 @@ def test_estimate_scales_with_the_grid():
   est = run.memory_estimate(config, "fedavg", data, sched)
   assert est["grid"] == 6 * est["per_point"]
   assert est["total"] == est["grid"] + est["shared_data"]
+  assert est["per_device"] == est["total"]  # one device holds the whole grid
+
+
+def test_sharding_divides_the_grid_between_devices():
+  config, data, sched, _ = setup(**{"sweep.lr": "0.05,0.1,0.2"})
+  _, module, algorithm, algo_hparams, points = run.algorithm_setup(config, "fedavg", 10)
+  params = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), data.x_train[:1])["params"])
+  kwargs = dict(num_slots=sched.num_slots, train_width=4, grid_size=3,
+                hparams=run.base_hparams(config, algo_hparams))  # fmt: skip
+  one = memory.estimate(algorithm, params, data, **kwargs)
+  two = memory.estimate(algorithm, params, data, num_devices=2, **kwargs)
+  assert two["points_per_device"] == 2  # 3 points padded to 4 over 2 devices
+  assert two["per_device"] == 2 * one["per_point"] + one["shared_data"] < one["per_device"]
+  # A limit between the two: refused on one device, accepted on two.
+  limit = (one["per_device"] + two["per_device"]) // 2
+  memory.check_fits(two, limit)
+  with pytest.raises(ConfigError, match="3 on 1 devices"):
+    memory.check_fits(one, limit)
 
 
 def test_a_run_that_cannot_fit_is_refused_before_anything_is_written(tmp_path):

@@ -1,6 +1,9 @@
 """Sweeps: grid points, one program per algorithm, a point in a grid equals its solo run."""
 
 import csv
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,6 +13,8 @@ from fedqs_jax import data as data_lib
 from fedqs_jax import run, sweep
 from fedqs_jax.errors import ConfigError
 from tests.common import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_points_are_the_product_of_the_swept_lists():
@@ -71,6 +76,54 @@ def test_sweep_results_carry_the_hyperparameters(tmp_path):
     ("0.05", "0.0"), ("0.05", "0.5"), ("0.1", "0.0"), ("0.1", "0.5"),
   }  # fmt: skip
   assert {r["sweep"] for r in fedbuff} >= {"beta=0,lr=0.1"}
+
+  # The plot CLI draws the curves and the sensitivity map of the two swept values.
+  proc = subprocess.run(
+    [sys.executable, "-m", "experiments.plot", f"--workdir={tmp_path}", "--algorithm=fedbuff"],
+    cwd=ROOT, capture_output=True, text=True, timeout=300,
+  )  # fmt: skip
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  for name in ("curves_fedbuff.png", "sensitivity_fedbuff_beta_lr.png"):
+    assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+  bad = subprocess.run(
+    [sys.executable, "-m", "experiments.plot", f"--workdir={tmp_path}", "--x=lr", "--y=alpha"],
+    cwd=ROOT, capture_output=True, text=True, timeout=300,
+  )  # fmt: skip
+  assert bad.returncode != 0 and "'alpha' is not swept" in bad.stderr
+
+
+def test_product_and_zip_compose_and_a_config_file_declares_its_sweep(tmp_path):
+  grid = sweep.product(
+    sweep.axis("lr", [0.1, 0.2]), sweep.zip(sweep.axis("a", [1, 2]), sweep.axis("k", [3, 4]))
+  )
+  assert grid == [
+    {"lr": 0.1, "a": 1.0, "k": 3.0}, {"lr": 0.1, "a": 2.0, "k": 4.0},
+    {"lr": 0.2, "a": 1.0, "k": 3.0}, {"lr": 0.2, "a": 2.0, "k": 4.0},
+  ]  # fmt: skip
+  with pytest.raises(ConfigError, match="equal length"):
+    sweep.zip(sweep.axis("a", [1, 2]), sweep.axis("k", [3]))
+
+  path = tmp_path / "my_config.py"
+  path.write_text(
+    "from fedqs_jax import sweep\n"
+    "from tests.common import tiny_config as get_config\n"
+    "def get_sweep():\n"
+    "  return sweep.zip(sweep.axis('lr', [0.05, 0.1]), sweep.axis('momentum', [0.0, 0.5]))\n"
+  )
+  config = sweep.with_file_sweep(tiny_config(**{"sweep.clip": "1,2"}), str(path))
+  assert sweep.points(config) == [  # the file's points x the command line's sweep
+    {"lr": 0.05, "momentum": 0.0, "clip": 1.0}, {"lr": 0.05, "momentum": 0.0, "clip": 2.0},
+    {"lr": 0.1, "momentum": 0.5, "clip": 1.0}, {"lr": 0.1, "momentum": 0.5, "clip": 2.0},
+  ]  # fmt: skip
+  config_lib.validate(config)
+  with config.unlocked():
+    config.sweep_points = [{"lr": 0.1, "nonsense": 1.0}]
+  with pytest.raises(ConfigError, match="sweep.nonsense"):
+    config_lib.validate(config)
+  # A file without get_sweep leaves the config alone.
+  plain = tmp_path / "plain.py"
+  plain.write_text("from tests.common import tiny_config as get_config\n")
+  assert sweep.points(sweep.with_file_sweep(tiny_config(), str(plain))) == [{}]
 
 
 def test_a_diverging_point_is_frozen_and_flagged_while_the_others_finish(tmp_path):
