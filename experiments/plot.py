@@ -2,11 +2,14 @@
 
   python -m experiments.plot --workdir=runs/sensitivity
   python -m experiments.plot --workdir=runs/sensitivity --x=a --y=m0 [--algorithm=fedqs_avg]
+  python -m experiments.plot --compare=runs/a,runs/b --out=runs/a_vs_b.png
 
 Writes `curves_<algorithm>.png` (one curve per sweep point, mean over seeds) and, for
 every pair of swept hyperparameters (or the one given by --x/--y),
 `sensitivity_<algorithm>_<x>_<y>.png`: a heatmap and lines of the final accuracy,
-averaged over seeds and the other swept values. This file is intentionally short.
+averaged over seeds and the other swept values. `--compare` draws the curves of several
+runs in one figure, each labelled with its folder's name (e.g. one schedule per run).
+This file is intentionally short.
 """
 
 import csv
@@ -16,8 +19,9 @@ import sys
 
 from absl import app, flags
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A run's folder (summary.csv, metrics.csv).",
-                               required=True)  # fmt: skip
+_WORKDIR = flags.DEFINE_string("workdir", None, "A run's folder (summary.csv, metrics.csv).")
+_COMPARE = flags.DEFINE_list("compare", None, "Several runs' folders, drawn in one figure.")
+_OUT = flags.DEFINE_string("out", None, "The --compare figure's path.")
 _X = flags.DEFINE_string("x", None, "Swept hyperparameter on the x axis.")
 _Y = flags.DEFINE_string("y", None, "Swept hyperparameter on the y axis.")
 _ALGORITHM = flags.DEFINE_string("algorithm", None, "Only this algorithm (default: each).")
@@ -29,10 +33,34 @@ def read(path: str) -> list[dict]:
     return list(csv.DictReader(f))
 
 
+def compare(folders: list[str], out: str) -> None:
+  from fedqs_jax import plotting
+
+  rows = []
+  for folder in folders:
+    try:
+      metrics = read(os.path.join(folder, "metrics.csv"))
+    except FileNotFoundError:
+      sys.exit(f"error: {folder}/metrics.csv is missing: --compare takes finished runs' folders")
+    name = os.path.basename(os.path.normpath(folder))
+    for r in metrics:
+      rows.append({"run": f"{name}: {r['algorithm']}", "seed": int(r["seed"]),
+                   "round": int(r["round"]), "time": float(r["time"]),
+                   "test_accuracy": float(r["test_accuracy"])})  # fmt: skip
+  plotting.accuracy_curves(rows, out, lambda r: r["run"])
+  print(out)
+
+
 def main(argv):
   del argv
   from fedqs_jax import plotting, run
 
+  if _COMPARE.value:
+    if not _OUT.value:
+      sys.exit("error: --compare needs --out")
+    return compare(_COMPARE.value, _OUT.value)
+  if not _WORKDIR.value:
+    sys.exit("error: give --workdir (one run) or --compare (several)")
   workdir = _WORKDIR.value
   try:
     summary, metrics = (read(os.path.join(workdir, n)) for n in ("summary.csv", "metrics.csv"))

@@ -384,3 +384,21 @@ def test_cli_bad_input_exits_2(args, field):
   proc = cli(*args)
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert field in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_queueing_digits_config_routings_reproduce_the_throughput_trade_off():
+  from experiments.configs import queueing_digits
+  from fedqs_jax import config as config_lib
+
+  lam = {}
+  for arg in ("uniform", "per_update", "wall_clock"):
+    config = queueing_digits.get_config(arg)
+    config_lib.validate(config)
+    p = np.asarray(config.schedule.routing)
+    lam[arg] = float(q.throughput(p, queueing_digits.RATES, queueing_digits.CONCURRENCY))
+    rounds = lam[arg] * queueing_digits.TIME_BUDGET
+    assert abs(config.schedule.num_rounds - rounds) <= queueing_digits.EVAL_EVERY / 2 + 1e-9
+    slowest = p[queueing_digits.RATES == queueing_digits.RATES.min()].sum()
+    if arg == "per_update":
+      assert slowest > 0.2  # parks tasks at the slow clients
+  assert lam["per_update"] < lam["uniform"] < lam["wall_clock"]
