@@ -207,7 +207,7 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
     for name in names:
       base, resolved = resolve(name, config)
       known |= {"lr", "momentum", "clip", *algorithms.build(base, resolved)[1]}
-    for field in dict.fromkeys(f for point in grid for f in point):
+    for field in dict.fromkeys(f for point in grid for f in point if not sweep.is_static(f)):
       check(field in known, f"sweep.{field}", config.get("sweep", {}).get(field, "get_sweep()"),
             f"no algorithm of this run has a hyperparameter {field!r}")  # fmt: skip
     for point in grid:

@@ -281,8 +281,10 @@ def window_metrics(result: dict, g: int, start: int, stop: int) -> dict[str, flo
   return out
 
 
-def _rows(name, config, result, sched) -> tuple[list[dict], list[dict]]:
-  """Long-form metrics rows and summary rows of one algorithm (one per grid entry)."""
+def _rows(name, config, result, sched, static=None) -> tuple[list[dict], list[dict]]:
+  """Long-form metrics rows and summary rows of one algorithm (one per grid entry);
+  `static`: the group's static sweep values, a column each and part of the label."""
+  static = static or {}
   eval_round = result["eval_round"]
   staleness = np.asarray(sched.staleness)  # [seeds, T, K]
   round_time = np.asarray(sched.round_time)  # [seeds, T]
@@ -291,7 +293,11 @@ def _rows(name, config, result, sched) -> tuple[list[dict], list[dict]]:
   for g, (point, seed, s) in enumerate(result["grid"]):
     prev = 0
     times = round_time[s, eval_round - 1]
-    columns = {"sweep": sweep.label(point), **{k: point.get(k, "") for k in swept}}
+    columns = {
+      "sweep": sweep.label({**static, **point}),
+      **static,
+      **{k: point.get(k, "") for k in swept},
+    }
     for e, r in enumerate(eval_round):
       window = staleness[s, prev:r]
       metric_rows.append(
@@ -384,14 +390,12 @@ class Progress:
   (later chunks) for the remaining rounds.
   """
 
-  def __init__(self, num_algorithms: int, rounds: int, stream=sys.stdout, every: float = 2.0):
-    self.num_algorithms, self.rounds, self.stream, self.every = (
-      num_algorithms,
-      rounds,
-      stream,
-      every,
-    )
-    self.total = num_algorithms * rounds
+  def __init__(
+    self, num_algorithms: int, rounds: int | list[int], stream=sys.stdout, every: float = 2.0
+  ):
+    """`rounds`: of every algorithm, or a list with the rounds of each run."""
+    self.num_algorithms, self.stream, self.every = num_algorithms, stream, every
+    self.total = sum(rounds) if isinstance(rounds, list) else num_algorithms * rounds
     self.done, self.started = 0, 0
     self.labels: set[str] = set()  # algorithms seen so far
     self.first_chunks: list[float] = []  # seconds of each algorithm's first chunk
@@ -465,55 +469,73 @@ def run(
 ) -> dict[str, Any]:
   """Validates, runs every algorithm of `config` on one schedule, writes `workdir`.
 
-  With `config.engine.checkpoint_every` > 0 each algorithm's grid is checkpointed in
-  `workdir/checkpoints/`; `resume` continues a killed run from there (the
-  checkpoints are removed once the results are written). Under `jax.distributed`
-  every process runs this, and process 0 alone writes.
+  A sweep over static config fields (`sweep.groups`) runs group by group, each with
+  its own data and schedule; every group is validated and its memory checked before
+  anything is written or compiled. With `config.engine.checkpoint_every` > 0 each
+  algorithm's grid is checkpointed in `workdir/checkpoints/`; `resume` continues a
+  killed run from there (the checkpoints are removed once the results are written).
+  Under `jax.distributed` every process runs this, and process 0 alone writes.
   """
   config_lib.validate(config, workdir)
   _check_resumable(config, workdir, resume)
   names = config_lib.algorithm_names(config)
-  data = data_lib.load(config.data, config.data.seed)
-  sched = make_schedule(config)
-  for name in names:  # before anything is written or compiled for training
-    check_memory(config, name, data, sched)
+  groups = []
+  for static, group_config in sweep.groups(config):
+    config_lib.validate(group_config)
+    data = data_lib.load(group_config.data, group_config.data.seed)
+    sched = make_schedule(group_config)
+    for name in names:  # before anything is written or compiled for training
+      check_memory(group_config, name, data, sched)
+    groups.append((static, group_config, data, sched))
   writer = distributed.is_writer()
   if not writer:
     stream = open(os.devnull, "w")  # only process 0 reports
   seeds = config_lib.seeds(config)
-  summaries = {s: schedule.summary(schedule.unbatch(sched, g)) for g, s in enumerate(seeds)}
+  summaries = {
+    sweep.label(static): {
+      s: schedule.summary(schedule.unbatch(sched, g)) for g, s in enumerate(seeds)
+    }
+    for static, _, _, sched in groups
+  }
   if writer:
     os.makedirs(workdir, exist_ok=True)
     io.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-    io.write_json(os.path.join(workdir, "schedule.json"), summaries)
-  first = summaries[seeds[0]]
-  print(
-    f"schedule: {config.schedule.protocol}, N={data.num_clients}, T={sched.num_rounds}, "
-    f"K={sched.buffer_size}, slots={sched.num_slots}, simulated time "
-    f"{first['simulated_time']:.1f}, staleness mean {first['staleness_mean']:.2f} "
-    f"max {first['staleness_max']}",
-    file=stream,
-    flush=True,
-  )
-
-  progress = Progress(len(names), sched.num_rounds, stream)
-  metric_rows, summary_rows, results = [], [], {}
-  chunk = config.engine.eval_every
-  checkpointing = config.engine.get("checkpoint_every", 0) > 0
-  for name in names:
-    result = train(
-      config,
-      name,
-      data,
-      sched,
-      on_chunk=lambda c, n, name=name: progress.update(name, chunk, c, n),
-      checkpoint_dir=os.path.join(workdir, CHECKPOINTS, name) if checkpointing else None,
-      resume=resume,
+    io.write_json(
+      os.path.join(workdir, "schedule.json"), summaries[""] if len(groups) == 1 else summaries
     )
-    m, s = _rows(name, config, result, sched)
-    metric_rows += m
-    summary_rows += s
-    results[name] = result
+  progress = Progress(len(names) * len(groups), [g[3].num_rounds for g in groups for _ in names],
+                      stream)  # fmt: skip
+  metric_rows, summary_rows, results = [], [], {}
+  checkpointing = config.engine.get("checkpoint_every", 0) > 0
+  for static, group_config, data, sched in groups:
+    tag = sweep.label(static)
+    first = summaries[tag][seeds[0]]
+    print(
+      (f"[{tag}] " if tag else "")
+      + f"schedule: {group_config.schedule.protocol}, N={data.num_clients}, "
+      f"T={sched.num_rounds}, K={sched.buffer_size}, slots={sched.num_slots}, simulated time "
+      f"{first['simulated_time']:.1f}, staleness mean {first['staleness_mean']:.2f} "
+      f"max {first['staleness_max']}",
+      file=stream,
+      flush=True,
+    )
+    chunk = group_config.engine.eval_every
+    for name in names:
+      label = f"{name}[{tag}]" if tag else name
+      folder = os.path.join(workdir, CHECKPOINTS, *([tag] if tag else []), name)
+      result = train(
+        group_config,
+        name,
+        data,
+        sched,
+        on_chunk=lambda c, n, label=label, chunk=chunk: progress.update(label, chunk, c, n),
+        checkpoint_dir=folder if checkpointing else None,
+        resume=resume,
+      )
+      m, s = _rows(name, group_config, result, sched, static)
+      metric_rows += m
+      summary_rows += s
+      results[label] = result
   if writer:
     io.write_csv(os.path.join(workdir, "metrics.csv"), metric_rows)
     io.write_csv(os.path.join(workdir, "summary.csv"), summary_rows)
@@ -523,4 +545,10 @@ def run(
     plotting.accuracy_curves(metric_rows, os.path.join(workdir, "accuracy.png"), curve_label)
     shutil.rmtree(os.path.join(workdir, CHECKPOINTS), ignore_errors=True)
   print(results_table(summary_rows, config.target_accuracy), file=stream, flush=True)
-  return {"results": results, "summary": summary_rows, "metrics": metric_rows, "schedule": sched}
+  schedules = {sweep.label(g[0]): g[3] for g in groups}
+  return {
+    "results": results,
+    "summary": summary_rows,
+    "metrics": metric_rows,
+    "schedule": schedules[""] if len(groups) == 1 else schedules,
+  }

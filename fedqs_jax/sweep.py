@@ -12,6 +12,12 @@ A config file may also define `get_sweep()` returning a list of points built wit
 
 It lands in `config.sweep_points`, and the run's grid is its product with the
 command-line sweep.
+
+A name with a dot is a *static* config field (`sweep.axis("schedule.buffer_size", [5,
+10])`, `"data.num_clients"`, `"schedule.protocol"`...): it changes shapes or the
+schedule, so `groups` splits the grid by these values (the static signature) and each
+group runs as its own program(s), with its own data and schedule; the dynamic
+hyperparameters of a group still share one program per algorithm.
 Every point of the grid, times every seed, becomes one entry of the leading grid
 axis G of ONE compiled program per algorithm (`fedqs_jax.run.train`). An algorithm
 only sees the swept hyperparameters it has: the others do not multiply its grid.
@@ -44,9 +50,14 @@ def parse_values(name: str, value) -> list[float]:
     ) from None
 
 
-def axis(name: str, values: Sequence[float]) -> list[Point]:
-  """One swept hyperparameter: `[{name: v} for v in values]`."""
-  return [{name: float(v)} for v in values]
+def is_static(name: str) -> bool:
+  """Whether a swept name is a config field ("section.field") rather than a hyperparameter."""
+  return "." in name
+
+
+def axis(name: str, values: Sequence) -> list[Point]:
+  """One swept name: `[{name: v} for v in values]` (hyperparameters as floats)."""
+  return [{name: v if is_static(name) else float(v)} for v in values]
 
 
 def product(*parts: Sequence[Point]) -> list[Point]:
@@ -73,8 +84,42 @@ def points(config: ml_collections.ConfigDict) -> list[Point]:
   from_file = [dict(p) for p in (config.get("sweep_points") or [{}])]
   for point in from_file:
     for name, value in point.items():
-      parse_values(name, [value])  # numbers only
+      if not is_static(name):
+        parse_values(name, [value])  # numbers only
   return product(from_file, *[a for a in axes if a])
+
+
+def groups(config: ml_collections.ConfigDict) -> list[tuple[Point, ml_collections.ConfigDict]]:
+  """The grid split by static signature: (static values, the config of that group).
+
+  Each group's config has the static fields set and `sweep_points` reduced to the
+  group's dynamic points (the command-line sweep stays as it is). A static name that
+  is not a config field raises `ConfigError`.
+  """
+  file_points = [dict(p) for p in (config.get("sweep_points") or [{}])]
+  signatures: dict[tuple, list[Point]] = {}
+  for point in file_points:
+    static = tuple((k, v) for k, v in point.items() if is_static(k))
+    dynamic = {k: v for k, v in point.items() if not is_static(k)}
+    signatures.setdefault(static, [])
+    if dynamic not in signatures[static]:
+      signatures[static].append(dynamic)
+  out = []
+  for static, dynamic in signatures.items():
+    group = ml_collections.ConfigDict(config.to_dict())
+    for name, value in static:
+      section, _, field = name.rpartition(".")
+      node = group
+      for part in section.split("."):
+        if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+          raise ConfigError(f"sweep: {name!r} is not a config field (section {section!r})")
+        node = node[part]
+      if field not in node:
+        raise ConfigError(f"sweep: {name!r} is not a config field")
+      node[field] = value
+    group.sweep_points = dynamic
+    out.append((dict(static), group))
+  return out
 
 
 def with_file_sweep(config: ml_collections.ConfigDict, filename: str) -> ml_collections.ConfigDict:
@@ -103,4 +148,4 @@ def restrict(grid: Sequence[Point], names: Sequence[str]) -> list[Point]:
 
 def label(point: Point) -> str:
   """`"lr=0.1,beta=0.5"` ("" for the unswept point)."""
-  return ",".join(f"{k}={v:g}" for k, v in point.items())
+  return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in point.items())

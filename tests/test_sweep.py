@@ -147,3 +147,38 @@ def test_a_diverging_point_is_frozen_and_flagged_while_the_others_finish(tmp_pat
   with open(tmp_path / "metrics.csv") as f:
     flags = {(r["lr"], r["diverged"]) for r in csv.DictReader(f)}
   assert flags == {("0.1", "False"), ("1e+30", "True")}
+
+
+def test_static_fields_split_the_grid_into_groups_that_equal_their_solo_runs(tmp_path):
+  config = tiny_config(**{"num_seeds": 2})
+  with config.unlocked():
+    config.sweep_points = sweep.product(
+      sweep.axis("schedule.buffer_size", [2, 4]), sweep.axis("lr", [0.05, 0.1])
+    )
+  groups = sweep.groups(config)
+  assert [static for static, _ in groups] == [
+    {"schedule.buffer_size": 2}, {"schedule.buffer_size": 4},
+  ]  # fmt: skip
+  assert [g.schedule.buffer_size for _, g in groups] == [2, 4]
+  assert all(g.sweep_points == [{"lr": 0.05}, {"lr": 0.1}] for _, g in groups)
+
+  out = run.run(config, str(tmp_path))
+  assert set(out["results"]) == {"fedavg[schedule.buffer_size=2]", "fedavg[schedule.buffer_size=4]"}
+  assert all(r["chunk_traces"] == 1 for r in out["results"].values())  # 2 lr x 2 seeds each
+  solo_config = tiny_config(**{"schedule.buffer_size": 2, "local.lr": 0.1, "seed": 1})
+  data = data_lib.load(solo_config.data, 0)
+  solo = run.train(solo_config, "fedavg", data, run.make_schedule(solo_config))
+  grouped = out["results"]["fedavg[schedule.buffer_size=2]"]
+  assert [(p["lr"], seed) for p, seed, _ in grouped["grid"]][3] == (0.1, 1)
+  np.testing.assert_allclose(grouped["test_loss"][3], solo["test_loss"][0], rtol=1e-5)
+  with open(tmp_path / "summary.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert {(r["schedule.buffer_size"], r["lr"]) for r in rows} == {
+    ("2", "0.05"), ("2", "0.1"), ("4", "0.05"), ("4", "0.1"),
+  }  # fmt: skip
+
+  with config.unlocked():
+    config.sweep_points = sweep.axis("schedule.no_such_field", [1, 2])
+  with pytest.raises(ConfigError, match="schedule.no_such_field"):
+    run.run(config, str(tmp_path / "bad"))
+  assert not (tmp_path / "bad").exists()
