@@ -255,8 +255,7 @@ class Entry:
     init_args = (train_keys, params, sched.init_client, sched.init_slot, sched.init_mask)
     jax.block_until_ready((params, events, hparams))
     param_bytes = memory.tree_bytes(jax.tree.map(lambda x: x[0], params))
-    width = max(sched.init_client.shape[-1], sched.dispatch_client.shape[-1])
-    working = len(grid) * width * 4 * param_bytes  # the estimate's local-training working set
+    working = len(grid) * estimate["per_point_training"]  # the local-training working set
     out["grid_size"] = len(grid)
     out["estimate"] = {**estimate, "working_set": working, "state": estimate["grid"] - working}
     out["param_bytes"] = param_bytes
@@ -631,9 +630,10 @@ def memory_section(all_runs: list[dict], report: list[str]) -> dict:
     "== 3. peak memory vs the estimator (MiB) ==\n"
     + table(MEMORY_HEADER, rows)
     + "\n   estimate = run.memory_estimate(...)['grid'] = state (2P + slots x payload + client"
-    "\n   and server state, exact) + working set (widest dispatch x 4P: the version-0 one, all"
-    "\n   N clients). live state = bytes of the SimState arrays after init. RSS kept = VmRSS"
-    "\n   after init + warm-up chunk - VmRSS before init. XLA init = memory_analysis() output +"
+    "\n   and server state, exact) + working set (widest dispatch x (4P + one minibatch's"
+    "\n   activations): the version-0 one, all N clients). live state = bytes of the SimState"
+    "\n   arrays after init. RSS kept = VmRSS after init + warm-up chunk - VmRSS before init."
+    "\n   XLA init = memory_analysis() output +"
     "\n   temp of engine.init; XLA chunk = state + temp of run_chunk (the grid's share: the"
     "\n   shared data and schedule excluded). peak RSS = VmHWM - VmRSS before init: the state"
     "\n   and every transient of init and of the chunk. est./peak, est./XLA: the estimate over"

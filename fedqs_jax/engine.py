@@ -354,6 +354,7 @@ class Engine:
     return state
 
   def _round(self, state: SimState, events: RoundEvents, hparams, data):
+    before = state
     payload = jax.tree.map(lambda buf: buf[events.arrival_slot], state.payloads)
     arrivals = Arrivals(
       payload=payload,
@@ -379,7 +380,8 @@ class Engine:
     finite = jnp.isfinite(train_metrics["train_loss"]) & jnp.all(
       jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state.params)])
     )
-    return state, {**metrics, **train_metrics, "finite": finite}
+    state = self._isolate_failure(before, state, finite)
+    return state, {**metrics, **train_metrics, "diverged": state.diverged}
 
   def _run_chunk(self, state: SimState, events: RoundEvents, hparams, data: FederatedData):
     """The next `rounds_per_chunk` rounds of `events` ([T] rounds), then an evaluation.
@@ -391,7 +393,6 @@ class Engine:
     r = self.execution.rounds_per_chunk
     events = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, state.round, r, axis=0), events)
     step = functools.partial(self._round, hparams=hparams, data=data)
-    start = state
     if self.execution.round_mode == "scan":
       state, metrics = jax.lax.scan(step, state, events)
     elif self.execution.round_mode == "unroll":
@@ -402,7 +403,6 @@ class Engine:
       metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
     else:
       raise ValueError(f"unknown round_mode {self.execution.round_mode!r}")
-    state, metrics = self._isolate_failure(start, state, metrics)
     accuracy, loss = self._evaluate(state.params, data.x_test, data.y_test)
     return state, metrics, {"test_accuracy": accuracy, "test_loss": loss}
 
@@ -416,27 +416,23 @@ class Engine:
     hits = jax.ops.segment_sum((mask & correct).astype(jnp.float32), labels, data.num_classes)
     return hits / jnp.maximum(counts, 1.0), counts
 
-  def _isolate_failure(self, start: SimState, end: SimState, metrics: dict):
-    """Freezes a run whose parameters or loss became non-finite during the chunk.
+  def _isolate_failure(self, before: SimState, after: SimState, finite) -> SimState:
+    """Freezes a run whose parameters or loss became non-finite in this round.
 
-    Failure isolation for grids: such a point goes back to its state at the start
-    of the chunk and stays there (flagged `diverged` from the first non-finite round
-    on) while the other points go on. A select per chunk, not per round.
+    Failure isolation for grids: such a point keeps its last finite global model
+    (and server state) from then on, flagged `diverged` since `diverged_round`,
+    while the other points go on. The select touches the global model only, O(P)
+    per round: what the frozen point's clients compute afterwards is never
+    aggregated into it.
     """
-    finite = metrics.pop("finite")  # [R]
-    bad = ~jnp.all(finite)
-    first = jnp.argmin(finite)  # index of the first non-finite round
-    frozen = start.diverged | bad
-    state = tree_where(frozen, start, end).replace(
-      round=end.round,
-      diverged=frozen,
-      diverged_round=jnp.where(
-        start.diverged | ~bad, start.diverged_round, start.round + first + 1
-      ),
+    ok = finite & ~before.diverged
+    return after.replace(
+      params=tree_where(ok, after.params, before.params),
+      prev_params=tree_where(ok, after.prev_params, before.prev_params),
+      server_state=tree_where(ok, after.server_state, before.server_state),
+      diverged=~ok,
+      diverged_round=jnp.where(before.diverged | finite, before.diverged_round, after.round),
     )
-    rounds = jnp.arange(finite.shape[0])
-    metrics["diverged"] = start.diverged | (bad & (rounds >= first))
-    return state, metrics
 
   def _evaluate(self, params, x, y):
     """Accuracy and mean cross-entropy of `params` on (x, y), in fixed-size batches."""

@@ -39,6 +39,7 @@ def estimate(
   grid_size: int,
   hparams: dict,
   num_devices: int = 1,
+  activation_bytes: int = 0,
 ) -> dict[str, int]:
   """Bytes of one grid point's state, of the whole grid, of the shared data, and of
   the busiest device (the grid axis is sharded over `num_devices`, the data replicated)."""
@@ -46,7 +47,10 @@ def estimate(
   payload = payload_shape(algorithm, params, clients, hparams)
   p = tree_bytes(params)
   point = 2 * p + num_slots * tree_bytes(payload) + tree_bytes(clients) + tree_bytes(server)
-  point += train_width * 4 * p
+  # Each client trained in lockstep: parameters, gradient, optimizer trace, update (4P),
+  # and one minibatch's activations (`activation_bytes`: inputs, intermediates, cotangents).
+  training = train_width * (4 * p + activation_bytes)
+  point += training
   shared = tree_bytes(data)
   per_device = -(-grid_size // num_devices)
   return {
@@ -54,6 +58,7 @@ def estimate(
     "devices": num_devices,
     "points_per_device": per_device,
     "per_point": point,
+    "per_point_training": training,  # of which local training's working set
     "grid": grid_size * point,
     "shared_data": shared,
     "total": grid_size * point + shared,

@@ -360,8 +360,18 @@ def memory_estimate(config, algorithm_name, data, sched) -> dict[str, int]:
   config, module, algorithm, algo_hparams, points = algorithm_setup(
     config, algorithm_name, data.num_classes
   )
-  init = model_fns(module, config.model).init
-  params = jax.eval_shape(lambda: init(jax.random.PRNGKey(0), data.x_train[:1]))
+  model = model_fns(module, config.model)
+  sample = data.x_train[:1]
+  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), sample))
+  batch = jax.ShapeDtypeStruct((config.local.batch_size, *sample.shape[1:]), sample.dtype)
+
+  def intermediates(p, x):  # every submodule's output on one minibatch
+    v = p if models.stateful_collections(config.model) else {"params": p}
+    return module.apply(v, x, capture_intermediates=True, mutable=["intermediates"])[1]
+
+  activations = memory.tree_bytes(batch) + 2 * memory.tree_bytes(
+    jax.eval_shape(intermediates, params, batch)
+  )
   return memory.estimate(
     algorithm,
     params,
@@ -371,6 +381,7 @@ def memory_estimate(config, algorithm_name, data, sched) -> dict[str, int]:
     grid_size=len(points) * config.num_seeds,
     hparams=base_hparams(config, algo_hparams),
     num_devices=jax.device_count(),
+    activation_bytes=activations,
   )
 
 
