@@ -86,9 +86,9 @@ class ModelFns(NamedTuple):
   train: Callable  # (params, x, key) -> (logits, updated collections), training mode
 
 
-def model_fns(module, model_config: ml_collections.ConfigDict) -> ModelFns:
-  stateful = models.stateful_collections(model_config)
-  dropout = models.uses_dropout(model_config)
+def model_fns(module, stateful: tuple[str, ...] = (), dropout: bool = False) -> ModelFns:
+  """`module`'s functions; `stateful`: its collections that training updates
+  (`models.stateful_collections`), `dropout`: whether it draws a 'dropout' rng."""
 
   def variables(p):
     return p if stateful else {"params": p}
@@ -187,7 +187,9 @@ def train(
     config, algorithm_name, data.num_classes
   )
 
-  model = model_fns(module, config.model)
+  model = model_fns(
+    module, models.stateful_collections(config.model), models.uses_dropout(config.model)
+  )
   seeds = config_lib.seeds(config)
   # The grid: every swept point of this algorithm x every seed.
   grid = [(point, s) for point in mine for s in range(len(seeds))]
@@ -360,13 +362,14 @@ def memory_estimate(config, algorithm_name, data, sched) -> dict[str, int]:
   config, module, algorithm, algo_hparams, points = algorithm_setup(
     config, algorithm_name, data.num_classes
   )
-  model = model_fns(module, config.model)
+  stateful = models.stateful_collections(config.model)
+  model = model_fns(module, stateful, models.uses_dropout(config.model))
   sample = data.x_train[:1]
   params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), sample))
   batch = jax.ShapeDtypeStruct((config.local.batch_size, *sample.shape[1:]), sample.dtype)
 
   def intermediates(p, x):  # every submodule's output on one minibatch
-    v = p if models.stateful_collections(config.model) else {"params": p}
+    v = p if stateful else {"params": p}
     return module.apply(v, x, capture_intermediates=True, mutable=["intermediates"])[1]
 
   activations = memory.tree_bytes(batch) + 2 * memory.tree_bytes(

@@ -8,6 +8,9 @@ import sys
 
 import numpy as np
 
+from fedqs_jax import run
+from tests.common import tiny_config
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = [
   "--config.data.num_clients=12",
@@ -18,7 +21,11 @@ ARGS = [
   "--config.local.epochs=1",
   "--config.algorithms=fedbuff",
   "--config.sweep.lr=0.05,0.1,0.2",  # 3 points over 2 devices: padded to 4
+  "--config.data.dirichlet_alpha=0.5",
+  "--config.time.speed_ratio=10",
 ]
+# The same run in this process (tests.common.tiny_config is ARGS' shrunk default).
+SAME = {"algorithms": "fedbuff", "sweep.lr": "0.05,0.1,0.2"}
 
 
 def cli(*args) -> subprocess.Popen:
@@ -63,7 +70,7 @@ def test_two_processes_equal_one(tmp_path):
   # Process 0 alone reports and writes (gloo's own connection line goes to both).
   assert "final acc" in outs[0] and "final acc" not in outs[1] and "schedule:" not in outs[1]
   single = tmp_path / "one"
-  finish(cli(f"--workdir={single}"))
+  run.run(tiny_config(**SAME), str(single))
   two, one = rows(workdir / "metrics.csv"), rows(single / "metrics.csv")
   assert len(two) == len(one) == 3 * 4  # 3 points x 4 evaluations, padding dropped
   for a, b in zip(two, one, strict=True):

@@ -23,7 +23,12 @@ ARGS = [
   "--config.local.epochs=1",
   "--config.algorithms=fedavg,fedbuff",
   "--config.sweep.lr=0.05,0.1",
+  "--config.data.dirichlet_alpha=0.5",
+  "--config.time.speed_ratio=10",
 ]
+# The same run in this process (tests.common.tiny_config is ARGS' shrunk default).
+SAME = {"schedule.num_rounds": 200, "engine.eval_every": 10, "algorithms": "fedavg,fedbuff",
+        "sweep.lr": "0.05,0.1"}  # fmt: skip
 
 
 def cli(*args) -> subprocess.Popen:
@@ -48,7 +53,7 @@ def steps(folder) -> list[int]:
 
 def test_killed_sweep_resumes_to_the_uninterrupted_numbers(tmp_path):
   reference = tmp_path / "reference"
-  finish(cli(f"--workdir={reference}"))  # no checkpoints at all
+  run.run(tiny_config(**SAME), str(reference))  # uninterrupted, no checkpoints at all
 
   workdir = tmp_path / "killed"
   proc = cli(f"--workdir={workdir}", "--config.engine.checkpoint_every=1")
