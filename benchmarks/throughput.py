@@ -21,7 +21,14 @@ Measured:
      per minibatch (host-side shuffling and batching, PyTorch style);
   4. achieved dense GFLOP/s against matmul reference peaks measured here;
   5. the small CNN in each execution mode against baseline (a);
-  6. the schedule phase: arrivals per second of the jitted, seed-vmapped schedule simulation.
+  6. the schedule phase: arrivals per second of the jitted, seed-vmapped schedule simulation;
+  7. the next-character LSTM of `experiments/configs/fedqs_shakespeare.py:cpu` (its data,
+     model, schedule and local training, FedAvg, 3 seeds vmapped like the run) in each
+     execution mode of `LSTM_MODES` against baselines (a) and (b), which train seed 0 alone;
+     needs the Shakespeare plays in the cache (`fedqs_jax.data.shakespeare`), else
+     `--skip=lstm`.
+
+  python benchmarks/throughput.py --skip=mlp,cnn,schedule   # only the LSTM (~2 minutes)
 
 The engine, schedule, hyperparameters and initial state are built exactly as
 `fedqs_jax.run.train` builds them. The baselines start from the engine's initial state (the
@@ -107,17 +114,30 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   )
   p.add_argument("--cnn_modes", default=",".join(CNN_MODES), help="comma-separated CNN modes")
   p.add_argument("--partitions", default="dirichlet,iid", help="MLP partitions to measure")
+  p.add_argument("--lstm_rounds", type=int, default=12, help="measured engine rounds per LSTM mode")
+  p.add_argument("--lstm_chunk", type=int, default=4, help="rounds per engine call (LSTM)")
+  p.add_argument(
+    "--lstm_modes",
+    default=",".join(LSTM_MODES),
+    help=f"comma-separated LSTM modes, of {','.join(LSTM_MODES)}",
+  )
+  p.add_argument(
+    "--lstm_seeds", type=int, default=3, help="seeds vmapped in the LSTM engine (the run's 3)"
+  )
   p.add_argument("--schedule_rounds", type=int, default=2000, help="T of the schedule phase")
   p.add_argument("--schedule_seeds", type=int, default=64, help="seeds vmapped in one call")
   p.add_argument("--large_clients", type=int, default=10_000, help="N of the large schedule")
   p.add_argument("--latency_file", default=DEFAULT_LATENCY_FILE, help="tick protocol latencies")
-  p.add_argument("--skip", default="", help="comma-separated sections to skip: mlp,cnn,schedule")
+  p.add_argument(
+    "--skip", default="", help="comma-separated sections to skip: mlp,cnn,lstm,schedule"
+  )
   p.add_argument("--quick", action="store_true", help="small sizes for a smoke test (< 1 min)")
   p.add_argument("--out", default="", help="write the results to this JSON file")
   args = p.parse_args(argv)
   if args.quick:
     args.rounds, args.chunk, args.baseline_rounds = 20, 10, 3
     args.cnn_rounds, args.cnn_chunk, args.cnn_modes = 2, 1, "vmap/scan,map/scan"
+    args.lstm_rounds, args.lstm_chunk, args.lstm_modes = 4, 2, "vmap/scan"
     args.partitions = "dirichlet"
     args.schedule_rounds, args.schedule_seeds, args.large_clients = 200, 8, 1000
   return args
@@ -219,28 +239,37 @@ class Workload:
     return loc.epochs * -(-count // loc.batch_size)
 
   def executed_steps(self, engine, mode: Mode, start: int, stop: int) -> int:
-    """Local-step slots the engine executes in rounds [start, stop), real or padding.
+    """Local-step slots the engine executes in rounds [start, stop), real or padding, all seeds.
 
     A scan runs the static maximum for every dispatched client; a while loop runs each
-    client's own steps, but clients trained in lockstep (vmap) all run the longest one's.
+    client's own steps, but clients trained in lockstep all run the longest one's: the
+    seeds are always vmapped, so under `vmap` every client of the round in every seed
+    runs the longest of them, under `map`/`unroll` the k-th client of every seed runs the
+    longest k-th client.
     """
-    disp = np.asarray(self.sched.dispatch_client)[0, start:stop]
-    width = disp.shape[-1]
+    disp = np.asarray(self.sched.dispatch_client)[:, start:stop]  # [G, rounds, width]
+    seeds, rounds, width = disp.shape
     if mode.local_loop == "scan":
-      return int(disp.shape[0] * width * engine.num_local_steps)
-    mask = np.asarray(self.sched.dispatch_mask)[0, start:stop]
+      return int(seeds * rounds * width * engine.num_local_steps)
+    mask = np.asarray(self.sched.dispatch_mask)[:, start:stop]
     steps = np.where(mask, self.task_steps(disp), 0)
     if mode.client_mode == "vmap":
-      return int(width * steps.max(axis=-1).sum())
-    return int(steps.sum())
+      return int(seeds * width * steps.max(axis=(0, 2)).sum())
+    return int(seeds * steps.max(axis=0).sum())
 
 
 def make_workload(model: str, partition: str, num_rounds: int) -> Workload:
+  """The digits workload (`experiments/configs/default.py`) with `model` and `partition`."""
   c = default_config.get_config()
-  c.algorithms = "fedavg"
-  c.num_seeds = 1
   c.model.name = model
   c.data.partition = partition
+  return workload_from_config(c, num_rounds)
+
+
+def workload_from_config(c, num_rounds: int, num_seeds: int = 1) -> Workload:
+  """FedAvg on the data, model, schedule and local training of config `c` (changed in place)."""
+  c.algorithms = "fedavg"
+  c.num_seeds = num_seeds
   c.schedule.num_rounds = num_rounds
   c.engine.eval_every = 1  # validated here; engines set their own chunk
   config_lib.validate(c)
@@ -436,7 +465,7 @@ def baseline_b(w: Workload, rounds: int) -> dict:
         sel = perm[start : start + b]
         m = np.zeros(b, np.float32)
         m[: len(sel)] = 1.0
-        x = np.zeros((b, *feature), np.float32)
+        x = np.zeros((b, *feature), x_train.dtype)
         y = np.zeros(b, np.int32)
         x[: len(sel)], y[: len(sel)] = x_train[sel], y_train[sel]
         yield x, y, m
@@ -492,7 +521,7 @@ def mlp_step_flops(params, batch_size: int) -> float:
 def model_step_flops(w: Workload) -> float:
   """~3 x XLA's forward FLOPs on one minibatch (any model)."""
   params = jax.tree.map(lambda x: x[0], w.params)
-  x = jnp.zeros((w.config.local.batch_size, *w.data.feature_shape), jnp.float32)
+  x = jnp.zeros((w.config.local.batch_size, *w.data.feature_shape), w.data.x_train.dtype)
   return 3.0 * xla_flops(w.apply_fn, params, x)
 
 
@@ -744,6 +773,100 @@ def cnn_section(args, report) -> dict:
   return out
 
 
+# The LSTM comparison. Unrolled local steps would copy the LSTM's own time scans once per step
+# (minutes of compile for no gain: the time loop stays a loop), so every mode keeps loops.
+LSTM_MODES = {
+  "vmap/scan": Mode("vmap", "scan"),
+  "vmap/scan+lscan": Mode("vmap", "scan", "scan"),
+  "map/scan": Mode("map", "scan"),
+  "unroll/scan": Mode("unroll", "scan"),
+}
+
+
+def lstm_step_flops(config, num_classes: int) -> float:
+  """Forward + backward of `CharLSTM` on one minibatch: ~3 x the forward's matmul FLOPs.
+
+  Per example and time step, layer l does 2 x 4H x (in_l + H) FLOPs (in_1 = E, else H);
+  the head 2 x (L H) x C once per example. Elementwise gate math is not counted.
+  """
+  m, t, b = config.model, config.data.seq_len, config.local.batch_size
+  e, h, layers = m.embed_dim, m.lstm_hidden, m.lstm_layers
+  recurrent = sum(2 * 4 * h * ((e if layer == 0 else h) + h) for layer in range(layers))
+  return 3.0 * b * (t * recurrent + 2 * layers * h * num_classes)
+
+
+def lstm_section(args, report) -> dict:
+  """The LSTM of `fedqs_shakespeare.py:cpu` in each execution mode vs baselines (a) and (b)."""
+  from experiments.configs import fedqs_shakespeare
+
+  modes = [m for m in args.lstm_modes.split(",") if m]
+  unknown = [m for m in modes if m not in LSTM_MODES]
+  if unknown:
+    raise SystemExit(f"unknown --lstm_modes {unknown}; expected some of {list(LSTM_MODES)}")
+  c = fedqs_shakespeare.get_config("cpu")
+  total_rounds = (args.lstm_rounds // args.lstm_chunk + 2) * args.lstm_chunk
+  w = workload_from_config(c, max(total_rounds, args.baseline_rounds), args.lstm_seeds)
+  flops = lstm_step_flops(w.config, w.data.num_classes)
+  counts = np.asarray(w.data.client_count)
+  out = {
+    "flops_per_step": flops,
+    "init_s": w.init_seconds,
+    "seeds": args.lstm_seeds,
+    "client_sizes": {"min": int(counts.min()), "max": int(counts.max())},
+    "local_steps_max": int(w.task_steps(np.arange(len(counts))).max()),
+    "modes": {},
+  }
+  for name in modes:
+    res = measure_engine(w, args.lstm_rounds, args.lstm_chunk, LSTM_MODES[name])
+    res["gflops"] = res["steps_per_s"] * flops / 1e9
+    out["modes"][name] = res
+    print(f"  [lstm {name} done]", file=sys.stderr, flush=True)
+  a = baseline_a(w, args.baseline_rounds)
+  bb = baseline_b(w, args.baseline_rounds)
+  for res in (a, bb):
+    res["gflops"] = res["steps_per_s"] * flops / 1e9
+  out["a"], out["b"] = a, bb
+
+  def row(label, res, useful):
+    head = [label, str(res["rounds"]), fmt(res["client_steps"]), fmt(res["steps_per_s"])]
+    return head + [fmt(res["gflops"], 2), useful, fmt(res["compile_s"], 2),
+                   f"{res['steps_per_s'] / a['steps_per_s']:.2f}x",
+                   f"{res['steps_per_s'] / bb['steps_per_s']:.2f}x"]  # fmt: skip
+
+  rows = []
+  for res in out["modes"].values():
+    res["vs_a"] = res["steps_per_s"] / a["steps_per_s"]
+    res["vs_b"] = res["steps_per_s"] / bb["steps_per_s"]
+    rows.append(row(f"engine {res['mode']}", res, fmt(100 * res["useful_fraction"])))
+  rows.append(row(f"(a) per-client jit loop, {a['mode']}", a, ""))
+  rows.append(row("(b) per-step jit loop", bb, ""))
+  m = w.config.model
+  header = ["runner", "rounds", "steps", "steps/s", "GFLOP/s", "useful %", "compile s", "vs (a)",
+            "vs (b)"]  # fmt: skip
+  text = (
+    f"== LSTM (fedqs_shakespeare.py:cpu): execution modes vs baselines (a), (b) ==\n"
+    f"   Embed({w.data.num_classes}, {m.embed_dim}) -> {m.lstm_layers} x LSTM({m.lstm_hidden}) "
+    f"-> Dense, windows of {w.config.data.seq_len}; N={w.data.num_clients} "
+    f"({w.config.data.roles} roles), K={w.config.schedule.buffer_size}, batch "
+    f"{w.config.local.batch_size}, {w.config.local.epochs} local epoch(s) (<= "
+    f"{out['local_steps_max']} steps, clients of {counts.min()}..{counts.max()} windows), "
+    f"FedAvg, {args.lstm_seeds} seed(s) vmapped\n"
+    f"   {flops / 1e6:.2f} MFLOP/step (3 x the forward's matmuls); {args.lstm_chunk} rounds per "
+    "engine call; useful % = real / executed local steps; (a), (b): seed 0 only\n"
+    + table(header, rows)
+  )
+  if out["modes"]:
+    winner = max(out["modes"], key=lambda n: out["modes"][n]["steps_per_s"])
+    out["winner"], out["best_vs_a"] = winner, out["modes"][winner]["vs_a"]
+    out["best_vs_b"] = out["modes"][winner]["vs_b"]
+    text += (
+      f"\n   winner: {out['modes'][winner]['mode']} at {out['best_vs_a']:.2f}x (a), "
+      f"{out['best_vs_b']:.2f}x (b); init (compile + version-0 dispatch) {w.init_seconds:.1f} s"
+    )
+  report.append(text)
+  return out
+
+
 def schedule_report(results: list[dict], notes: list[str], report) -> None:
   rows = []
   target = TARGETS["schedule_arrivals_per_s"]
@@ -822,6 +945,8 @@ def main(argv: list[str]) -> int:
     results["mlp"] = mlp_section(args, peaks, report)
   if "cnn" not in skip:
     results["cnn"] = cnn_section(args, report)
+  if "lstm" not in skip:
+    results["lstm"] = lstm_section(args, report)
   if "schedule" not in skip:
     sched_results, notes = schedule_section(args)
     results["schedule"] = {"results": sched_results, "notes": notes}
@@ -840,6 +965,12 @@ def main(argv: list[str]) -> int:
     summary.append(
       f"   CNN best mode {cnn['winner']}: {cnn['best_vs_a']:.2f}x (a) (>= 1x "
       f"{verdict(cnn['best_vs_a'], TARGETS['cnn_best_vs_a'])})"
+    )
+  if "best_vs_a" in results.get("lstm", {}):
+    lstm = results["lstm"]
+    summary.append(
+      f"   LSTM best mode {lstm['winner']}: {lstm['best_vs_a']:.2f}x (a), "
+      f"{lstm['best_vs_b']:.2f}x (b) (no target)"
     )
   for r in results.get("schedule", {}).get("results", []):
     summary.append(
