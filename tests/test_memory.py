@@ -22,7 +22,11 @@ def test_estimate_counts_model_copies_slots_and_training_set():
   config, data, sched, p = setup()
   est = run.memory_estimate(config, "fedavg", data, sched)
   width = max(sched.init_client.shape[-1], sched.dispatch_client.shape[-1])
-  assert est["per_point"] == 2 * p + sched.num_slots * p + width * 4 * p
+  # A minibatch's activations per trained client: the 32 x 8x8 inputs, then the outputs of
+  # Dense(8), Dense(10) and the model (32 x 10), each with its cotangent.
+  activations = 32 * 64 * 4 + 2 * 4 * (32 * 8 + 32 * 10 + 32 * 10)
+  assert config.local.batch_size == 32 and config.model.hidden == (8,)
+  assert est["per_point"] == 2 * p + sched.num_slots * p + width * (4 * p + activations)
   assert est["shared_data"] == memory.tree_bytes(data)
   # FedQS keeps a previous update per client, and its payload carries three scalars more.
   config.data.validation_fraction = 0.2
