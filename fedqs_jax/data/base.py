@@ -17,7 +17,8 @@ class FederatedData:
   """A federated dataset, ready for the engine (a pytree: jitted functions take it whole).
 
   Attributes:
-    x_train: [n_train, *feature_shape] float32, every client's examples.
+    x_train: [n_train, *feature_shape] float32 (int32 character ids for text), every
+      client's examples.
     y_train: [n_train] int32 labels.
     client_index: [N, max_n] int32 rows into `x_train`; entries at positions
       >= `client_count[i]` are padding (0) and are never read unmasked.
@@ -27,7 +28,7 @@ class FederatedData:
       padding (0). Without validation data it is [N, 1] zeros.
     val_count: [N] int32 number of validation examples of each client (0 = none).
       See `fedqs_jax.data.validation.with_validation` for how they are drawn.
-    x_test: [n_test, *feature_shape] float32, the server's test set.
+    x_test: [n_test, *feature_shape] float32 (int32 for text), the server's test set.
     y_test: [n_test] int32.
     num_classes: number of label classes (static: not a pytree leaf).
   """
