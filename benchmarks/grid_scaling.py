@@ -88,6 +88,8 @@ import sys
 import time
 from typing import Any
 
+from common import loadavg, table, version
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT = "GRID_SCALING_RESULT "  # prefix of the child's result line
 
@@ -370,7 +372,7 @@ def run_child(job: dict) -> dict:
     )
   )
   started = time.perf_counter()
-  out: dict[str, Any] = {"loadavg_start": _loadavg()}
+  out: dict[str, Any] = {"loadavg_start": loadavg()}
   entries = []
   for spec in job["configs"]:
     entries.append(Entry(spec, compiles))
@@ -388,7 +390,7 @@ def run_child(job: dict) -> dict:
   out["compiles_during_timing"] = len(compiles) - n
   out["child_s"] = time.perf_counter() - started
   out["entries"] = [e.result() for e in entries]
-  out["loadavg_end"] = _loadavg()
+  out["loadavg_end"] = loadavg()
   return out
 
 
@@ -435,17 +437,6 @@ def base_spec(args, **kw) -> dict:
   )
   spec.update(kw)
   return spec
-
-
-def table(header: list[str], rows: list[list[Any]], left: int = 1) -> str:
-  widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-
-  def line(r):
-    cells = [str(c).ljust(w) if i < left else str(c).rjust(w) for i, (c, w) in
-             enumerate(zip(r, widths, strict=True))]  # fmt: skip
-    return "  ".join(cells).rstrip()
-
-  return "\n".join([line(header), "  ".join("-" * w for w in widths), *[line(r) for r in rows]])
 
 
 def mib(x: float | None) -> str:
@@ -663,12 +654,12 @@ def main(argv: list[str]) -> int:
   env = {
     "devices": str(jax.devices()),
     "jax": jax.__version__,
-    "jaxlib": _version("jaxlib"),
-    "flax": _version("flax"),
+    "jaxlib": version("jaxlib"),
+    "flax": version("flax"),
     "numpy": np.__version__,
     "python": platform.python_version(),
     "cpu_count": os.cpu_count(),
-    "loadavg_start": _loadavg(),
+    "loadavg_start": loadavg(),
   }
   results: dict[str, Any] = {"env": env, "args": vars(args), "targets": TARGETS}
   report = [
@@ -722,7 +713,7 @@ def main(argv: list[str]) -> int:
         f"({verdict(abs(x) <= limit)})"
       )
   wall = time.perf_counter() - start
-  env["loadavg_end"] = _loadavg()
+  env["loadavg_end"] = loadavg()
   results["wall_s"] = wall
   if (env["loadavg_end"] or 0) > (os.cpu_count() or 1) + 0.5:
     summary.append(
@@ -736,22 +727,6 @@ def main(argv: list[str]) -> int:
       json.dump(results, f, indent=2, default=str)
     print(f"wrote {args.out}")
   return 0
-
-
-def _loadavg() -> float | None:
-  try:
-    return round(os.getloadavg()[0], 2)
-  except OSError:
-    return None
-
-
-def _version(package: str) -> str:
-  try:
-    from importlib.metadata import version
-
-    return version(package)
-  except Exception:  # noqa: BLE001
-    return "?"
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from common import loadavg, table
 
 from fedqs_jax import queueing
 
@@ -205,15 +206,6 @@ def measure_optimizer(n: int, c: int, steps: int) -> dict[str, float]:
 # Report.
 
 
-def table(header: list[str], rows: list[list[str]]) -> str:
-  widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-  line = lambda r: "  ".join(  # noqa: E731
-    str(x).ljust(w) if i == 0 else str(x).rjust(w)
-    for i, (x, w) in enumerate(zip(r, widths, strict=True))
-  )
-  return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
-
-
 def ms(x: float) -> str:
   return f"{1e3 * x:,.2f}"
 
@@ -268,13 +260,6 @@ def report(results: list[dict], opt: dict | None, env: dict, wall: float) -> str
   return "\n\n".join(out)
 
 
-def _loadavg() -> float | None:
-  try:
-    return round(os.getloadavg()[0], 2)
-  except OSError:
-    return None
-
-
 def main(argv: list[str]) -> int:
   args = parse_args(argv)
   start = now()
@@ -286,7 +271,7 @@ def main(argv: list[str]) -> int:
     "optax": optax.__version__,
     "python": platform.python_version(),
     "cpu_count": os.cpu_count(),
-    "loadavg_start": _loadavg(),
+    "loadavg_start": loadavg(),
   }
   results = []
   for size in [s for s in args.sizes.split(",") if s]:
@@ -295,7 +280,7 @@ def main(argv: list[str]) -> int:
     print(f"  [n={n} C={c} done]", file=sys.stderr, flush=True)
   small = min(results, key=lambda r: r["n"] * r["concurrency"])
   opt = measure_optimizer(small["n"], small["concurrency"], args.optimize_steps)
-  env["loadavg_end"] = _loadavg()
+  env["loadavg_end"] = loadavg()
   wall = now() - start
   print(report(results, opt, env, wall), flush=True)
   if args.out:

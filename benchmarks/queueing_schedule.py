@@ -21,18 +21,16 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+from common import measure_schedule
 
 from experiments.configs import default as default_config
 from fedqs_jax import config as config_lib
-from fedqs_jax import io, schedule
-from fedqs_jax import run as run_lib
+from fedqs_jax import io
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -48,40 +46,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.clients, args.buffer_sizes, args.seeds = "100,1000", "1", 4
     args.rounds = args.rounds or 500
   return args
-
-
-def timed(fn, *args, **kwargs) -> tuple[schedule.Schedule, float]:
-  start = time.perf_counter()
-  out = jax.block_until_ready(fn(*args, **kwargs))
-  return out, time.perf_counter() - start
-
-
-def measure(time_model, protocol: str, num_rounds: int, k: int, seeds: int) -> dict:
-  """Arrivals per second of `schedule._simulate_seeds` (jitted, seed-vmapped), after warm-up."""
-  n = time_model.num_clients
-  keys = run_lib.seed_keys(list(range(seeds)), run_lib.SCHEDULE_STREAM)
-  kwargs = dict(protocol=protocol, num_rounds=num_rounds, buffer_size=k)
-  if protocol == "queueing":
-    kwargs.update(concurrency=n, routing=jnp.full((n,), 1.0 / n, jnp.float32))
-  raw, first = timed(schedule._simulate_seeds, keys, time_model, **kwargs)
-  sec = statistics.median(
-    timed(schedule._simulate_seeds, keys, time_model, **kwargs)[1] for _ in range(3)
-  )
-  arrivals = seeds * num_rounds * k
-  one = schedule.unbatch(raw, 0)
-  return {
-    "protocol": protocol,
-    "clients": n,
-    "k": k,
-    "rounds": num_rounds,
-    "seeds": seeds,
-    "arrivals": arrivals,
-    "seconds": sec,
-    "arrivals_per_s": arrivals / sec,
-    "compile_s": max(first - sec, 0.0),
-    "simulated_updates_per_time": float(num_rounds * k / np.asarray(one.round_time)[-1]),
-    "staleness_mean": float(np.asarray(one.staleness).mean()),
-  }
 
 
 def main(argv: list[str]) -> int:
@@ -102,7 +66,13 @@ def main(argv: list[str]) -> int:
     tm = config_lib.time_model(config)
     for k in [int(x) for x in args.buffer_sizes.split(",") if x]:
       rounds = args.rounds or max(10_000 // k, 1)
-      pair = {p: measure(tm, p, rounds, k, args.seeds) for p in ("queueing", "semi_async")}
+      uniform = jnp.full((n,), 1.0 / n, jnp.float32)
+      pair = {
+        "queueing": measure_schedule(
+          tm, "queueing", rounds, k, args.seeds, concurrency=n, routing=uniform
+        ),
+        "semi_async": measure_schedule(tm, "semi_async", rounds, k, args.seeds),
+      }
       pair["queueing"]["ratio_vs_semi_async"] = (
         pair["queueing"]["arrivals_per_s"] / pair["semi_async"]["arrivals_per_s"]
       )

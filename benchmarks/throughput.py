@@ -52,6 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from common import loadavg, measure_schedule, table, timed, version
 
 from experiments.configs import default as default_config
 from fedqs_jax import algorithms, models, schedule
@@ -151,13 +152,6 @@ def now() -> float:
   return time.perf_counter()
 
 
-def timed(fn, *args, **kwargs) -> tuple[Any, float]:
-  """(result, seconds) of `fn(*args)`, blocking on the result."""
-  t0 = now()
-  out = jax.block_until_ready(fn(*args, **kwargs))
-  return out, now() - t0
-
-
 def copy_tree(tree):
   return jax.tree.map(jnp.copy, tree)
 
@@ -183,21 +177,6 @@ def xla_flops(fn, *args) -> float:
   if isinstance(analysis, list | tuple):
     analysis = analysis[0] if analysis else {}
   return float((analysis or {}).get("flops", float("nan")))
-
-
-def table(header: list[str], rows: list[list[str]], left: int = 1) -> str:
-  """A plain-text table; the first `left` columns are left-aligned."""
-  widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-
-  def line(r):
-    cells = [
-      str(c).ljust(w) if i < left else str(c).rjust(w)
-      for i, (c, w) in enumerate(zip(r, widths, strict=True))
-    ]
-    return "  ".join(cells).rstrip()
-
-  sep = "  ".join("-" * w for w in widths)
-  return "\n".join([line(header), sep, *[line(r) for r in rows]])
 
 
 # ---------------------------------------------------------------------------
@@ -571,40 +550,6 @@ def matmul_peaks(quick: bool) -> dict:
 # 6: the schedule phase.
 
 
-def measure_schedule(time_model, protocol: str, num_rounds: int, k: int, seeds: int) -> dict:
-  keys = run_lib.seed_keys(list(range(seeds)), run_lib.SCHEDULE_STREAM)
-  kwargs = dict(
-    protocol=protocol,
-    num_rounds=num_rounds,
-    buffer_size=k,
-    clients_per_round=None,
-    # The capacity `schedule.build` uses for tick (from the known latencies).
-    buffer_capacity=schedule.estimated_tick_capacity(np.asarray(time_model.latency), k, num_rounds)
-    if protocol == "tick"
-    else None,
-  )
-  raw, first = timed(schedule._simulate_seeds, keys, time_model, **kwargs)
-  times = [timed(schedule._simulate_seeds, keys, time_model, **kwargs)[1] for _ in range(3)]
-  sec = statistics.median(times)
-  arrivals = seeds * num_rounds * k
-  out = {
-    "protocol": protocol,
-    "clients": time_model.num_clients,
-    "k": k,
-    "rounds": num_rounds,
-    "seeds": seeds,
-    "arrivals": arrivals,
-    "seconds": sec,
-    "arrivals_per_s": arrivals / sec,
-    "compile_s": first - sec,
-    "overflow": bool(np.any(np.asarray(raw.overflow))),
-  }
-  if protocol == "tick":
-    ticks = seeds * (float(np.asarray(raw.round_time)[..., -1].max()) + 1)
-    out["ticks_per_s"] = ticks / sec
-  return out
-
-
 def schedule_section(args) -> tuple[list[dict], list[str]]:
   results, notes = [], []
   t, k = args.schedule_rounds, 10
@@ -911,12 +856,12 @@ def main(argv: list[str]) -> int:
   args = parse_args(argv)
   skip = {s for s in args.skip.split(",") if s}
   start = now()
-  load_start = _loadavg()
+  load_start = loadavg()
   env = {
     "devices": [str(d) for d in jax.devices()],
     "jax": jax.__version__,
-    "jaxlib": getattr(jax.lib, "__version__", None) or _version("jaxlib"),
-    "flax": _version("flax"),
+    "jaxlib": getattr(jax.lib, "__version__", None) or version("jaxlib"),
+    "flax": version("flax"),
     "optax": optax.__version__,
     "python": platform.python_version(),
     "cpu_count": os.cpu_count(),
@@ -979,7 +924,7 @@ def main(argv: list[str]) -> int:
     )
   wall = now() - start
   results["wall_s"] = wall
-  results["env"]["loadavg_start"], results["env"]["loadavg_end"] = load_start, _loadavg()
+  results["env"]["loadavg_start"], results["env"]["loadavg_end"] = load_start, loadavg()
   if (results["env"]["loadavg_end"] or 0) > (os.cpu_count() or 1) + 0.5:
     summary.append(
       f"   WARNING: 1-min load average {results['env']['loadavg_end']} at the end on "
@@ -992,22 +937,6 @@ def main(argv: list[str]) -> int:
       json.dump(results, f, indent=2, default=_json_default)
     print(f"wrote {args.out}")
   return 0
-
-
-def _loadavg() -> float | None:
-  try:
-    return round(os.getloadavg()[0], 2)
-  except OSError:
-    return None
-
-
-def _version(package: str) -> str:
-  try:
-    from importlib.metadata import version
-
-    return version(package)
-  except Exception:  # noqa: BLE001
-    return "?"
 
 
 def _json_default(x):
