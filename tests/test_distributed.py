@@ -1,45 +1,18 @@
 """Two processes under `jax.distributed` on 127.0.0.1 give the one-process results."""
 
 import csv
-import os
 import socket
-import subprocess
-import sys
 
 import numpy as np
 
 from fedqs_jax import run
-from tests.common import tiny_config
+from tests.common import finish, start_cli, tiny_args, tiny_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARGS = [
-  "--config.data.num_clients=12",
-  "--config.model.hidden=(8,)",
-  "--config.schedule.num_rounds=20",
-  "--config.schedule.buffer_size=4",
-  "--config.engine.eval_every=5",
-  "--config.local.epochs=1",
-  "--config.algorithms=fedbuff",
-  "--config.sweep.lr=0.05,0.1,0.2",  # 3 points over 2 devices: padded to 4
-  "--config.data.dirichlet_alpha=0.5",
-  "--config.time.speed_ratio=10",
-]
-# The same run in this process (tests.common.tiny_config is ARGS' shrunk default).
-SAME = {"algorithms": "fedbuff", "sweep.lr": "0.05,0.1,0.2"}
+SAME = {"algorithms": "fedbuff", "sweep.lr": "0.05,0.1,0.2"}  # 3 points over 2 devices: 4
 
 
-def cli(*args) -> subprocess.Popen:
-  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_PLATFORMS="cpu")
-  return subprocess.Popen(
-    [sys.executable, "-m", "experiments.main", *ARGS, *args],
-    cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-  )  # fmt: skip
-
-
-def finish(proc: subprocess.Popen) -> str:
-  out, err = proc.communicate(timeout=600)
-  assert proc.returncode == 0, err[-3000:]
-  return out
+def cli(*args):
+  return start_cli(*tiny_args(**SAME), *args)
 
 
 def rows(path) -> list[dict]:

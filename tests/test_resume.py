@@ -1,48 +1,22 @@
 """Long runs: a sweep killed by SIGKILL and resumed gives the uninterrupted run's numbers."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
 from fedqs_jax import run
 from fedqs_jax.errors import ConfigError
-from tests.common import tiny_config
+from tests.common import finish, start_cli, tiny_args, tiny_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARGS = [
-  "--config.data.num_clients=12",
-  "--config.model.hidden=(8,)",
-  "--config.schedule.num_rounds=200",
-  "--config.schedule.buffer_size=4",
-  "--config.engine.eval_every=10",
-  "--config.local.epochs=1",
-  "--config.algorithms=fedavg,fedbuff",
-  "--config.sweep.lr=0.05,0.1",
-  "--config.data.dirichlet_alpha=0.5",
-  "--config.time.speed_ratio=10",
-]
-# The same run in this process (tests.common.tiny_config is ARGS' shrunk default).
+# Two algorithms x two points, long enough to be killed half-way.
 SAME = {"schedule.num_rounds": 200, "engine.eval_every": 10, "algorithms": "fedavg,fedbuff",
         "sweep.lr": "0.05,0.1"}  # fmt: skip
 
 
-def cli(*args) -> subprocess.Popen:
-  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_PLATFORMS="cpu")
-  return subprocess.Popen(
-    [sys.executable, "-m", "experiments.main", *ARGS, *args],
-    cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-  )  # fmt: skip
-
-
-def finish(proc: subprocess.Popen) -> str:
-  out, err = proc.communicate(timeout=600)
-  assert proc.returncode == 0, err[-3000:]
-  return out
+def cli(*args):
+  return start_cli(*tiny_args(**SAME), *args)
 
 
 def steps(folder) -> list[int]:
