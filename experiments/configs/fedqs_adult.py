@@ -26,9 +26,7 @@ FedSGD 77.15 / 78.33, FedQS-SGD 78.74 / 79.24. Not run here (no copy of the data
 
 import ml_collections
 
-from experiments.configs import default
-
-ALGORITHMS = "fedavg,fedqs_avg,fedsgd,fedqs_sgd,fedbuff,fedasync"
+from experiments.configs import fedqs_digits
 
 
 def get_config(arg: str = "gender") -> ml_collections.ConfigDict:
@@ -37,9 +35,8 @@ def get_config(arg: str = "gender") -> ml_collections.ConfigDict:
   unknown = options - {"gender", "ethnicity", "smoke", "paper"}
   if unknown or {"gender", "ethnicity"} <= options:
     raise ValueError(f"fedqs_adult.py takes gender|ethnicity and smoke, got {arg!r}")
-  config = default.get_config()
-  config.algorithms = ALGORITHMS
-  config.num_seeds = 3
+  # fedqs_digits: the reference's methods, 3 seeds, K = 10, 1:50, 400 rounds, local training.
+  config = fedqs_digits.get_config()
   config.target_accuracy = 0.75
 
   config.data.name = "adult"
@@ -48,23 +45,12 @@ def get_config(arg: str = "gender") -> ml_collections.ConfigDict:
   config.data.partition = "ethnicity" if "ethnicity" in options else "gender"
   config.data.attribute_alpha = 0.2
   config.data.size_sigma = 0.2
-  config.data.validation_fraction = 0.2
   config.data.max_train_examples = 0
   config.data.max_test_examples = 0
 
   config.model.name = "fcn"
   config.model.fcn_hidden = 500
   config.model.dropout = 0.3
-
-  config.schedule.num_rounds = 400
-  config.schedule.buffer_size = 10
-  config.time.speed_ratio = 50
-  config.local.batch_size = 50
-  config.local.epochs = 2
-  config.local.lr = 0.1
-  config.local.momentum = 0.0
-  config.local.clip = 20.0
-  config.engine.eval_every = 10
 
   if "smoke" in options:
     config.algorithms = "fedavg,fedqs_avg,fedsgd,fedqs_sgd"

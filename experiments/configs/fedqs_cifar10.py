@@ -29,18 +29,15 @@ K = 4, 20 rounds, 1 epoch, 1 seed (it still needs the prepared data).
 
 import ml_collections
 
-from experiments.configs import default
-
-ALGORITHMS = "fedavg,fedqs_avg,fedsgd,fedqs_sgd,fedbuff,fedasync"
+from experiments.configs import fedqs_digits
 
 
 def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   """arg: "paper" (default) or "smoke"."""
   if arg not in ("paper", "smoke", ""):
     raise ValueError(f"fedqs_cifar10.py takes 'paper' or 'smoke', got {arg!r}")
-  config = default.get_config()
-  config.algorithms = ALGORITHMS
-  config.num_seeds = 3
+  # fedqs_digits: the reference's methods, 3 seeds, K = 10, 1:50, 400 rounds, local training.
+  config = fedqs_digits.get_config()
   config.target_accuracy = 0.7
 
   config.data.name = "cifar10"
@@ -48,7 +45,6 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   config.data.num_clients = 100
   config.data.partition = "dirichlet"
   config.data.dirichlet_alpha = 0.5
-  config.data.validation_fraction = 0.2
   config.data.max_train_examples = 0
   config.data.max_test_examples = 0
 
@@ -56,16 +52,6 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   config.model.width = 64
   config.model.norm = "batch"
   config.model.groups = 2  # GroupNorm only
-
-  config.schedule.num_rounds = 400
-  config.schedule.buffer_size = 10
-  config.time.speed_ratio = 50
-  config.local.batch_size = 50
-  config.local.epochs = 2
-  config.local.lr = 0.1
-  config.local.momentum = 0.0
-  config.local.clip = 20.0
-  config.engine.eval_every = 10
 
   if arg == "smoke":
     config.algorithms = "fedavg,fedqs_avg,fedsgd,fedqs_sgd"

@@ -80,9 +80,8 @@ class-accuracy spread is nearly always above 30 points, so SBC means distributio
 
 import ml_collections
 
-from experiments.configs import default
+from experiments.configs import fedqs_digits
 
-ALGORITHMS = "fedavg,fedqs_avg,fedsgd,fedqs_sgd,fedbuff,fedasync"
 LR_CPU = 0.8  # local lr of the `cpu` variant
 
 
@@ -90,9 +89,8 @@ def get_config(arg: str = "r200") -> ml_collections.ConfigDict:
   """arg: "r200" (default), "r600", "cpu" or "smoke"."""
   if arg not in ("r200", "r600", "cpu", "smoke", ""):
     raise ValueError(f"fedqs_shakespeare.py takes 'r200', 'r600', 'cpu' or 'smoke', got {arg!r}")
-  config = default.get_config()
-  config.algorithms = ALGORITHMS
-  config.num_seeds = 3
+  # fedqs_digits: the reference's methods, 3 seeds, K = 10, 1:50, 400 rounds, local training.
+  config = fedqs_digits.get_config()
   config.target_accuracy = 0.45
 
   config.data.name = "shakespeare"
@@ -102,7 +100,6 @@ def get_config(arg: str = "r200") -> ml_collections.ConfigDict:
   config.data.roles = 600 if arg == "r600" else 200
   config.data.seq_len = 80
   config.data.test_fraction = 0.2  # of each role's lines
-  config.data.validation_fraction = 0.2
   config.data.max_sequences_per_role = 0
   config.data.max_test_examples = 0
 
@@ -110,16 +107,6 @@ def get_config(arg: str = "r200") -> ml_collections.ConfigDict:
   config.model.embed_dim = 8
   config.model.lstm_hidden = 128
   config.model.lstm_layers = 2
-
-  config.schedule.num_rounds = 400
-  config.schedule.buffer_size = 10
-  config.time.speed_ratio = 50
-  config.local.batch_size = 50
-  config.local.epochs = 2
-  config.local.lr = 0.1
-  config.local.momentum = 0.0
-  config.local.clip = 20.0
-  config.engine.eval_every = 10
 
   if arg == "smoke":
     config.algorithms = "fedavg,fedqs_avg,fedsgd,fedqs_sgd"
