@@ -14,6 +14,10 @@ Every model maps a batch of examples to logits with the same signature,
 `stateful_collections` and `uses_dropout` tell the engine which of these a
 model config needs.
 
+The ReLUs, max-pools and BatchNorm modes go through `hooks` (exactly `nn.relu`,
+`nn.max_pool` and `not train` in normal use), which FedSQ's dual mode (`dual`: a frozen
+structural copy gates a trainable quantitative copy) records and substitutes.
+
 | name | module | input | paper task |
 |---|---|---|---|
 | mlp | `MLP` | any, flattened | - |
@@ -27,6 +31,7 @@ Model config fields (`config.model`, read with defaults so older configs stay va
   name         one of `MODELS`
   hidden       mlp: hidden widths, default (64,)
   channels     cnn: conv widths, default (16, 32)
+  pool         cnn: "avg" (default) or "max" pooling between the conv blocks
   width        resnet18: stem / stage-1 channels, default 64 (the paper's)
   norm         resnet18: "group" (default) or "batch"
   groups       resnet18: GroupNorm groups, default 2, must divide `width`
@@ -46,6 +51,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from fedqs_jax.errors import check
+from fedqs_jax.models import hooks
 from fedqs_jax.models.fcn import FCN
 from fedqs_jax.models.lstm import CharLSTM
 from fedqs_jax.models.resnet import NORMS, ResNet18
@@ -56,6 +62,7 @@ __all__ = [
   "MLP",
   "MODELS",
   "NORMS",
+  "POOLS",
   "CharLSTM",
   "ResNet18",
   "build",
@@ -65,6 +72,7 @@ __all__ = [
 ]
 
 MODELS = ("mlp", "cnn", "resnet18", "lstm", "fcn")
+POOLS = ("avg", "max")  # cnn: pooling between the conv blocks
 IMAGE_MODELS = ("cnn", "resnet18")  # need [B, H, W, C] inputs
 TOKEN_MODELS = ("lstm",)  # need [B, T] integer inputs
 
@@ -79,26 +87,30 @@ class MLP(nn.Module):
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     x = x.reshape((x.shape[0], -1))
     for width in self.hidden:
-      x = nn.relu(nn.Dense(width)(x))
+      x = hooks.relu(nn.Dense(width)(x))
     return nn.Dense(self.num_classes)(x)
 
 
 class CNN(nn.Module):
-  """Small CNN for [B, H, W, C] images: 3x3 conv + ReLU blocks (2x2 average pooling
-  between them), flatten, Dense(dense) + ReLU, Dense(num_classes)."""
+  """Small CNN for [B, H, W, C] images: 3x3 conv + ReLU blocks (2x2 pooling between
+  them: average, or max with `pool="max"`), flatten, Dense(dense) + ReLU, Dense(num_classes)."""
 
   num_classes: int
   channels: Sequence[int] = (16, 32)
   dense: int = 64
+  pool: str = "avg"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     for i, width in enumerate(self.channels):
-      x = nn.relu(nn.Conv(width, (3, 3), padding="SAME")(x))
+      x = hooks.relu(nn.Conv(width, (3, 3), padding="SAME")(x))
       if i + 1 < len(self.channels):
-        x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+        if self.pool == "max":
+          x = hooks.max_pool(x, (2, 2), strides=(2, 2))
+        else:
+          x = nn.avg_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
-    x = nn.relu(nn.Dense(self.dense)(x))
+    x = hooks.relu(nn.Dense(self.dense)(x))
     return nn.Dense(self.num_classes)(x)
 
 
@@ -116,7 +128,10 @@ def _positive_int(config: ml_collections.ConfigDict, field: str, default: int) -
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises `ConfigError` naming the field and its allowed range for a bad model config."""
   check(config.name in MODELS, "model.name", config.name, f"must be one of {MODELS}")
-  if config.name == "resnet18":
+  if config.name == "cnn":
+    pool = config.get("pool", "avg")
+    check(pool in POOLS, "model.pool", pool, f"must be one of {POOLS}")
+  elif config.name == "resnet18":
     norm = config.get("norm", "group")
     check(norm in NORMS, "model.norm", norm, f"must be one of {NORMS}")
     width = _positive_int(config, "width", 64)
@@ -157,7 +172,11 @@ def build(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
   if name == "mlp":
     return MLP(num_classes=num_classes, hidden=tuple(config.get("hidden", (64,))))
   if name == "cnn":
-    return CNN(num_classes=num_classes, channels=tuple(config.get("channels", (16, 32))))
+    return CNN(
+      num_classes=num_classes,
+      channels=tuple(config.get("channels", (16, 32))),
+      pool=config.get("pool", "avg"),
+    )
   if name == "resnet18":
     return ResNet18(
       num_classes=num_classes,

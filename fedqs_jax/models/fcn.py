@@ -14,6 +14,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from fedqs_jax.models import hooks
+
 
 class FCN(nn.Module):
   """Flatten -> Dense(hidden) -> ReLU -> Dropout(dropout) -> Dense(num_classes).
@@ -29,6 +31,6 @@ class FCN(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     x = x.reshape((x.shape[0], -1))
-    x = nn.relu(nn.Dense(self.hidden, name="hidden")(x))
+    x = hooks.relu(nn.Dense(self.hidden, name="hidden")(x))
     x = nn.Dropout(self.dropout, deterministic=not train, name="dropout")(x)
     return nn.Dense(self.num_classes, name="head")(x)

@@ -27,6 +27,9 @@ are not parameters). `norm`:
 
 Input: [B, H, W, C] float32 images (any H, W; 32x32x3 for CIFAR). Output:
 [B, num_classes] logits.
+
+The ReLUs and BatchNorm's mode go through `hooks` (plain `nn.relu` and `not train`
+outside FedSQ's dual mode, see `fedqs_jax.models.dual`).
 """
 
 from __future__ import annotations
@@ -34,13 +37,17 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from fedqs_jax.models import hooks
+
 NORMS = ("group", "batch")
 _PAD1 = ((1, 1), (1, 1))
 
 
 def _norm(kind: str, groups: int, train: bool, name: str) -> nn.Module:
   if kind == "batch":
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+    return nn.BatchNorm(
+      use_running_average=hooks.use_running_average(train), momentum=0.9, epsilon=1e-5, name=name
+    )
   return nn.GroupNorm(num_groups=groups, epsilon=1e-5, name=name)
 
 
@@ -56,13 +63,13 @@ class BasicBlock(nn.Module):
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     s = (self.strides, self.strides)
     y = nn.Conv(self.features, (3, 3), s, padding=_PAD1, use_bias=False, name="conv1")(x)
-    y = nn.relu(_norm(self.norm, self.groups, train, "norm1")(y))
+    y = hooks.relu(_norm(self.norm, self.groups, train, "norm1")(y))
     y = nn.Conv(self.features, (3, 3), padding=_PAD1, use_bias=False, name="conv2")(y)
     y = _norm(self.norm, self.groups, train, "norm2")(y)
     if self.strides != 1 or x.shape[-1] != self.features:
       x = nn.Conv(self.features, (1, 1), s, padding="VALID", use_bias=False, name="proj")(x)
       x = _norm(self.norm, self.groups, train, "proj_norm")(x)
-    return nn.relu(y + x)
+    return hooks.relu(y + x)
 
 
 class ResNet18(nn.Module):
@@ -84,7 +91,7 @@ class ResNet18(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     x = nn.Conv(self.width, (3, 3), padding=_PAD1, use_bias=False, name="stem")(x)
-    x = nn.relu(_norm(self.norm, self.groups, train, "stem_norm")(x))
+    x = hooks.relu(_norm(self.norm, self.groups, train, "stem_norm")(x))
     for stage in range(4):
       features = self.width * 2**stage
       for block in range(2):
