@@ -67,12 +67,23 @@ def estimate(
 
 
 def available_bytes(device=None) -> int:
-  """The device's memory limit; host RAM for a CPU device."""
+  """The device's memory limit; for a CPU device, the host memory available now
+  (`MemAvailable` of /proc/meminfo: free plus reclaimable caches), not the total RAM."""
   device = device or jax.local_devices()[0]
   stats = device.memory_stats() if hasattr(device, "memory_stats") else None
   if stats and "bytes_limit" in stats:
     return int(stats["bytes_limit"])
-  return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024  # in kB
+  except (OSError, ValueError, IndexError):
+    pass
+  try:  # no /proc (macOS...): the free pages, else the total
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+  except (ValueError, OSError):
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
 def check_fits(estimate_bytes: dict[str, int], limit: int) -> None:
