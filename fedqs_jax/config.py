@@ -15,7 +15,7 @@ import numpy as np
 
 from fedqs_jax import algorithms, data, models, schedule, sweep
 from fedqs_jax.engine import CLIENT_MODES, LOCAL_LOOPS, ROUND_MODES
-from fedqs_jax.errors import ConfigError, check
+from fedqs_jax.errors import ConfigError, check, check_text_file
 
 
 def algorithm_names(config: ml_collections.ConfigDict) -> list[str]:
@@ -123,6 +123,9 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
   """Raises `ConfigError` for the first invalid field; compiles nothing."""
   names = algorithm_names(config)
   check(bool(names), "algorithms", config.algorithms, "must name at least one algorithm")
+  twice = sorted({name for name in names if names.count(name) > 1})
+  check(not twice, "algorithms", config.algorithms,
+        f"lists {', '.join(twice)} more than once: each algorithm runs once")  # fmt: skip
   for name in names:
     algorithms.validate(*resolve(name, config))
   check(config.num_seeds >= 1, "num_seeds", config.num_seeds, "must be >= 1")
@@ -165,12 +168,26 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
     check(bool(np.allclose(routing, 1.0 / n)), "schedule.routing", s.get("routing"),
           "non-uniform routing needs schedule.protocol='queueing' (gen_async_sgd's weights "
           "1/(n p_i) assume clients are drawn from p)")  # fmt: skip
+  given = s.get("routing")
+  check(s.protocol == "queueing" or bool(weighted) or given is None
+        or (isinstance(given, str) and not given.strip()), "schedule.routing", given,
+        f"only the queueing protocol (or an algorithm with routing weights, gen_async_sgd) "
+        f"uses it, not schedule.protocol={s.protocol!r}: drop it or set the protocol")  # fmt: skip
 
   t = config.time
   check(t.distribution in schedule.DISTRIBUTIONS, "time.distribution", t.distribution,
         f"must be one of {schedule.DISTRIBUTIONS}")  # fmt: skip
   if t.distribution == "lognormal":
     check(t.sigma > 0, "time.sigma", t.sigma, "must be > 0")
+  if t.latency_file:
+    check_text_file("time.latency_file", t.latency_file, "CSV file")
+  elif t.latencies:
+    try:
+      np.asarray(t.latencies, dtype=np.float64)
+    except (TypeError, ValueError):
+      shown = ",".join(map(str, t.latencies)) if isinstance(t.latencies, tuple | list) else None
+      check(False, "time.latencies", shown or t.latencies,
+            "must be numbers, one per client, e.g. 3,5,8")  # fmt: skip
   latencies = load_latencies(t, n)
   if s.protocol == "tick":
     check(t.distribution == "deterministic", "time.distribution", t.distribution,
@@ -200,6 +217,9 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
   every = e.get("checkpoint_every", 0)
   check(isinstance(every, int) and every >= 0, "engine.checkpoint_every", every,
         "must be an integer >= 0 (chunks between checkpoints; 0: none)")  # fmt: skip
+  limit = e.get("memory_limit_gb", 0.0)
+  check(isinstance(limit, int | float) and not isinstance(limit, bool) and limit >= 0,
+        "engine.memory_limit_gb", limit, "must be >= 0 (GiB; 0: the device's memory)")  # fmt: skip
 
   grid = sweep.points(config)  # raises for values that are not numbers
   if grid != [{}]:
