@@ -11,16 +11,16 @@ updates) for --objective=per_update and t (time, in the unit of the rates) for w
 --out writes {"routing": [p_1..p_n], "concurrency": C, ...} atomically (the wall-clock
 solution with --objective=both) for a training run with --config.schedule.protocol=queueing
 --config.schedule.routing=routing.json --config.data.num_clients=n. Runs in seconds on a CPU.
-Bad input prints one line and exits 2.
+Bad input (flags, an unwritable --out, a solve larger than the memory available) prints one
+line and exits 2 before anything is solved.
 
 This file is intentionally short: the work is in `fedqs_jax.queueing`.
 """
 
-import sys
-
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from fedqs_jax import cli
 from fedqs_jax.errors import ConfigError, check
 
 _RATES = flags.DEFINE_list("rates", None, "Service rate mu_i of each client, e.g. 1,1,2,4,8.")
@@ -99,6 +99,37 @@ def solve_objective(q, mu, objective, constants):
   return q.optimize_routing(mu, c, objective, constants, **kw)
 
 
+def solve_bytes(
+  num_clients: int, num_concurrencies: int, max_concurrency: int, steps: int, itemsize: int
+) -> int:
+  """About the memory of one objective's optimisation: `num_concurrencies` values of C
+  optimised at once (vmapped), each through the MVA scan of `max_concurrency` steps whose
+  gradient (a reverse scan) keeps a few [max_concurrency, n] residuals. An upper bound of
+  XLA's memory analysis for n = 2..5000 clients and C up to 3000 (tests/test_cli_errors.py)."""
+  per_c = max_concurrency * (2 * num_clients + 6) + steps + 24 * num_clients + 16
+  return itemsize * num_concurrencies * per_c + 2**20  # + XLA's small buffers
+
+
+def check_memory(num_clients: int) -> None:
+  """Refuses a --concurrency / --max_concurrency whose solve does not fit in the memory
+  available now (before anything is compiled)."""
+  import jax.numpy as jnp
+
+  from fedqs_jax import memory
+
+  m, c = _MAX_CONCURRENCY.value, _CONCURRENCY.value or num_clients
+  field, value = ("max_concurrency", m) if m > 0 else ("concurrency", _CONCURRENCY.value)
+  itemsize = jnp.dtype(jnp.result_type(1.0)).itemsize
+  need = solve_bytes(num_clients, max(m, 1), m or c, _STEPS.value, itemsize)
+  have = memory.available_bytes()
+  gib = 2.0**30
+  what = f"C = 1..{m}" if m > 0 else f"C = {c}"
+  check(need <= have, field, value,
+        f"solving {what} for {num_clients} clients needs about {need / gib:.3g} GiB, but "
+        f"{have / gib:.3g} GiB are available: lower --{field} (the memory grows as "
+        f"{'its square' if m > 0 else 'it'} times the clients)")  # fmt: skip
+
+
 def report(q, mu, result) -> None:
   uniform = np.full(mu.size, 1.0 / mu.size)
   lam_u = float(q.throughput(uniform, mu, result.concurrency))
@@ -114,8 +145,7 @@ def report(q, mu, result) -> None:
 
 
 def run(argv) -> None:
-  if len(argv) > 1:
-    raise ConfigError(f"arguments={argv[1:]!r} is invalid: every option is a --flag")
+  cli.check_no_arguments(argv)
   from fedqs_jax import io
   from fedqs_jax import queueing as q  # after flag parsing: importing jax is not free
 
@@ -129,6 +159,9 @@ def run(argv) -> None:
   horizon = _HORIZON.value
   check(bool(np.isfinite(horizon)) and horizon > 0, "horizon", horizon, "must be finite and > 0")
   constants = parse_constants(_CONSTANTS.value)
+  if _OUT.value:
+    cli.check_writable_file("out", _OUT.value)
+  check_memory(mu.size)
   print(f"{mu.size} clients, rates {np.unique(mu).tolist()}; constants {constants._asdict()}")
   objectives = q.OBJECTIVES if _OBJECTIVE.value == "both" else (_OBJECTIVE.value,)
   results = {o: solve_objective(q, mu, o, constants) for o in objectives}
@@ -161,22 +194,5 @@ def run(argv) -> None:
           f"{best.concurrency})")  # fmt: skip
 
 
-def main(argv):
-  try:
-    run(argv)
-  except ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing; a bad or missing flag exits 2 with one line, like other bad input."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-
-
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  cli.run(run)  # bad input (flags too): one line, exit 2
