@@ -9,97 +9,155 @@ every pair of swept hyperparameters (or the one given by --x/--y),
 `sensitivity_<algorithm>_<x>_<y>.png`: a heatmap and lines of the final accuracy,
 averaged over seeds and the other swept values. `--compare` draws the curves of several
 runs in one figure, each labelled with its folder's name (e.g. one schedule per run).
+Bad input (flags, a folder that is not a finished run, a truncated CSV file, --x without
+--y) prints one line and exits 2 before anything is drawn; JAX is never imported.
 This file is intentionally short.
 """
 
 import csv
 import itertools
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
+
+from fedqs_jax import cli
+from fedqs_jax.errors import ConfigError, check, check_text_file
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run's folder (summary.csv, metrics.csv).")
 _COMPARE = flags.DEFINE_list("compare", None, "Several runs' folders, drawn in one figure.")
 _OUT = flags.DEFINE_string("out", None, "The --compare figure's path.")
-_X = flags.DEFINE_string("x", None, "Swept hyperparameter on the x axis.")
-_Y = flags.DEFINE_string("y", None, "Swept hyperparameter on the y axis.")
+_X = flags.DEFINE_string("x", None, "Swept hyperparameter on the x axis (with --y).")
+_Y = flags.DEFINE_string("y", None, "Swept hyperparameter on the y axis (with --x).")
 _ALGORITHM = flags.DEFINE_string("algorithm", None, "Only this algorithm (default: each).")
 _METRIC = flags.DEFINE_string("metric", "final_accuracy", "A summary.csv column.")
 
+# The metrics.csv columns the curves need, and their types.
+CURVE_COLUMNS = {"algorithm": str, "seed": int, "round": int, "time": float,
+                 "test_accuracy": float}  # fmt: skip
+NOUNS = {int: "an integer", float: "a number"}
 
-def read(path: str) -> list[dict]:
-  with open(path) as f:
-    return list(csv.DictReader(f))
+
+def read(path: str, columns: dict) -> list[dict]:
+  """The rows of a run's CSV file, `columns` converted to their types; `ConfigError`
+  naming the file (and line) if it is missing, not text, truncated or corrupt."""
+  field = os.path.basename(path)
+  check(os.path.isfile(path), field, path, "is missing: give a finished run's folder")
+  check_text_file(field, path, "CSV file")
+  with open(path, newline="") as f:
+    reader = csv.DictReader(f)
+    header = reader.fieldnames or []
+    missing = [c for c in columns if c not in header]
+    check(not missing, field, path,
+          f"has no column {', '.join(missing)}: not a finished run's file?")  # fmt: skip
+    rows = []
+    for row in reader:
+      where = f"{path}, line {reader.line_num}"
+      if None in row or None in row.values():  # csv's marks of too many or too few cells
+        cells = sum(v is not None for k, v in row.items() if k is not None)
+        cells += len(row.get(None, []))
+        raise ConfigError(f"{where} has {cells} cells, not {len(header)}: the file is truncated "
+                          "or corrupt")  # fmt: skip
+      for column, kind in columns.items():
+        try:
+          row[column] = kind(row[column])
+        except ValueError:
+          raise ConfigError(
+            f"{where}: {column}={row[column]!r} is not {NOUNS[kind]}: the file is corrupt"
+          ) from None
+      rows.append(row)
+  check(bool(rows), field, path, "has no rows: not a finished run's file?")
+  return rows
+
+
+def curve_label(row: dict) -> str:
+  """A curve's name, as in the run's own accuracy.png: its algorithm and sweep point."""
+  return row["algorithm"] + (f"[{row['sweep']}]" if row.get("sweep") else "")
+
+
+def check_flags() -> None:
+  """The flags that go together, before any file is read."""
+  compare, workdir, x, y = _COMPARE.value, _WORKDIR.value, _X.value, _Y.value
+  check(not (compare and workdir), "compare", ",".join(compare or []),
+        "give --workdir (one run) or --compare (several), not both")  # fmt: skip
+  if not (compare or workdir):
+    raise ConfigError("give --workdir=<a finished run's folder> or --compare=<folders> --out=<png>")
+  if compare:
+    check(bool(_OUT.value), "compare", ",".join(compare), "needs --out=<figure.png>")
+    for name, value in (("x", x), ("y", y), ("algorithm", _ALGORITHM.value)):
+      check(value is None, name, value, "is for --workdir: --compare draws every curve")
+    cli.check_writable_file("out", _OUT.value)
+  else:
+    check(_OUT.value is None, "out", _OUT.value, "is for --compare (--workdir writes into it)")
+  check((x is None) == (y is None), "x" if x is not None else "y", x if x is not None else y,
+        "give --x and --y together (or neither: every pair of swept values)")  # fmt: skip
+  check(x is None or x != y, "y", y, "must differ from --x")
+  for folder in compare or [workdir]:
+    check(os.path.isdir(folder), "compare" if compare else "workdir", folder,
+          "is not a folder: give a finished run's folder")  # fmt: skip
 
 
 def compare(folders: list[str], out: str) -> None:
-  from fedqs_jax import plotting
-
   rows = []
   for folder in folders:
-    try:
-      metrics = read(os.path.join(folder, "metrics.csv"))
-    except FileNotFoundError:
-      sys.exit(f"error: {folder}/metrics.csv is missing: --compare takes finished runs' folders")
     name = os.path.basename(os.path.normpath(folder))
-    for r in metrics:
-      rows.append({"run": f"{name}: {r['algorithm']}", "seed": int(r["seed"]),
-                   "round": int(r["round"]), "time": float(r["time"]),
-                   "test_accuracy": float(r["test_accuracy"])})  # fmt: skip
+    for r in read(os.path.join(folder, "metrics.csv"), CURVE_COLUMNS):
+      rows.append({**r, "run": f"{name}: {r['algorithm']}"})
+  from fedqs_jax import plotting  # matplotlib: only for valid input
+
   plotting.accuracy_curves(rows, out, lambda r: r["run"])
   print(out)
 
 
 def main(argv):
-  del argv
-  from fedqs_jax import plotting, run
-
+  cli.check_no_arguments(argv)
+  check_flags()
   if _COMPARE.value:
-    if not _OUT.value:
-      sys.exit("error: --compare needs --out")
     return compare(_COMPARE.value, _OUT.value)
-  if not _WORKDIR.value:
-    sys.exit("error: give --workdir (one run) or --compare (several)")
-  workdir = _WORKDIR.value
-  try:
-    summary, metrics = (read(os.path.join(workdir, n)) for n in ("summary.csv", "metrics.csv"))
-  except FileNotFoundError as e:
-    sys.exit(f"error: {e.filename} is missing: --workdir must be a finished run's folder")
-  if summary and _METRIC.value not in summary[0]:
-    sys.exit(f"error: --metric={_METRIC.value} is not a column of summary.csv")
-  names = (
-    [_ALGORITHM.value] if _ALGORITHM.value else list(dict.fromkeys(r["algorithm"] for r in summary))
+  workdir, metric = _WORKDIR.value, _METRIC.value
+  summary_path = os.path.join(workdir, "summary.csv")
+  summary = read(summary_path, {"algorithm": str, "sweep": str})
+  check(
+    metric in summary[0],
+    "metric",
+    metric,
+    f"is not a column of summary.csv{cli.did_you_mean(metric, list(summary[0]), '')}",
   )
-  for name in names:
+  metrics = read(os.path.join(workdir, "metrics.csv"), CURVE_COLUMNS)
+  algorithms = list(dict.fromkeys(r["algorithm"] for r in summary))
+  if _ALGORITHM.value:
+    check(_ALGORITHM.value in algorithms, "algorithm", _ALGORITHM.value,
+          f"has no rows in summary.csv (algorithms: {', '.join(algorithms)})")  # fmt: skip
+  figures = []  # (kind, algorithm, rows, x, y, path): every check before the first figure
+  for name in [_ALGORITHM.value] if _ALGORITHM.value else algorithms:
     rows = [r for r in summary if r["algorithm"] == name]
-    if not rows:
-      sys.exit(f"error: --algorithm={name} has no rows in summary.csv")
-    curves = [
-      {
-        **r,
-        "seed": int(r["seed"]),
-        "round": int(r["round"]),
-        "time": float(r["time"]),
-        "test_accuracy": float(r["test_accuracy"]),
-      }  # fmt: skip
-      for r in metrics
-      if r["algorithm"] == name
-    ]
-    out = os.path.join(workdir, f"curves_{name}.png")
-    plotting.accuracy_curves(curves, out, run.curve_label)
-    print(out)
+    curves = [r for r in metrics if r["algorithm"] == name]
+    figures.append(("curves", name, curves, None, None, f"curves_{name}.png"))
     swept = list(dict.fromkeys(
       part.split("=")[0] for r in rows for part in r["sweep"].split(",") if part))  # fmt: skip
-    pairs = [(_X.value, _Y.value)] if _X.value and _Y.value else itertools.combinations(swept, 2)
+    pairs = [(_X.value, _Y.value)] if _X.value else list(itertools.combinations(swept, 2))
     for x, y in pairs:
-      for axis in (x, y):
-        if axis not in swept:
-          sys.exit(f"error: {axis!r} is not swept for {name}; swept: {swept}")
-      out = os.path.join(workdir, f"sensitivity_{name}_{x}_{y}.png")
-      plotting.sensitivity(rows, x, y, out, _METRIC.value)
-      print(out)
+      for axis_name, axis in (("x", x), ("y", y)):
+        check(axis in swept and axis in rows[0], axis_name, axis,
+              f"{axis!r} is not swept for {name}; swept: {swept}")  # fmt: skip
+      for i, r in enumerate(rows):  # the cells the map reads (rows that sweep both)
+        for column in (x, y, metric) if r[x] != "" and r[y] != "" else ():
+          try:
+            float(r[column])
+          except ValueError:
+            raise ConfigError(f"{summary_path}, {name}'s row {i + 1}: {column}={r[column]!r} "
+                              "is not a number") from None  # fmt: skip
+      figures.append(("sensitivity", name, rows, x, y, f"sensitivity_{name}_{x}_{y}.png"))
+
+  from fedqs_jax import plotting  # matplotlib: only for valid input
+
+  for kind, _, rows, x, y, filename in figures:
+    out = os.path.join(workdir, filename)
+    if kind == "curves":
+      plotting.accuracy_curves(rows, out, curve_label)
+    else:
+      plotting.sensitivity(rows, x, y, out, metric)
+    print(out)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)  # bad input (flags too): one line, exit 2
