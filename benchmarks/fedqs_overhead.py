@@ -22,25 +22,22 @@ import jax
 import numpy as np
 
 from experiments.configs import fedqs_digits
-from fedqs_jax import algorithms, models, run
 from fedqs_jax import data as data_lib
+from fedqs_jax import program
 
 ALGORITHMS = ("fedsgd", "fedqs_sgd", "fedavg", "fedqs_avg")
 
 
 def build(config, name, data, sched):
-  module = models.build(config.model, data.num_classes)
-  algorithm, algo_hparams = algorithms.build(name, config)
-  engine = run.make_engine(
-    config, algorithm, lambda p, x: module.apply({"params": p}, x), data, sched.num_slots
-  )
-  hparams = run.grid_hparams(config, algo_hparams, 1)
-  params = jax.vmap(lambda k: module.init(k, data.x_train[:1])["params"])(
-    run.seed_keys([0], run.INIT_STREAM)
+  prog = program.build_program(config, name, data, sched.num_slots)
+  engine = prog.engine
+  hparams = prog.grid_hparams([{}])
+  params = jax.vmap(lambda k: prog.model.init(k, data.x_train[:1]))(
+    program.seed_keys([0], program.INIT_STREAM)
   )
   start = time.perf_counter()
   state = engine.init(
-    run.seed_keys([0], run.TRAIN_STREAM), params, sched.init_client, sched.init_slot,
+    program.seed_keys([0], program.TRAIN_STREAM), params, sched.init_client, sched.init_slot,
     sched.init_mask, hparams, data,
   )  # fmt: skip
   state, _, ev = engine.run_chunk(state, sched.events(), hparams, data)
@@ -58,7 +55,7 @@ def main(argv: list[str]) -> int:
   config.engine.eval_every = 10
   config.schedule.num_rounds = 10 * (1 + args.rounds // 10 * args.repeats)
   data = data_lib.load(config.data, config.data.seed)
-  sched = run.make_schedule(config)
+  sched = program.make_schedule(config)
   runners = {name: build(config, name, data, sched) for name in ALGORITHMS}
   states = {name: r[1] for name, r in runners.items()}
   rates = {name: [] for name in ALGORITHMS}

@@ -110,6 +110,28 @@ def load_latencies(time: ml_collections.ConfigDict, num_clients: int) -> np.ndar
   return latencies
 
 
+def queueing_parameters(config: ml_collections.ConfigDict) -> tuple[np.ndarray, int]:
+  """([N] routing probabilities p, concurrency C) of `config.schedule` (validated).
+
+  p is uniform and C = N unless `schedule.routing` / `schedule.concurrency` say
+  otherwise (see `schedule.queueing_parameters` for the accepted forms).
+  """
+  s = config.schedule
+  return schedule.queueing_parameters(
+    s.get("routing"), s.get("concurrency", 0), config.data.num_clients
+  )
+
+
+def build_context(config: ml_collections.ConfigDict) -> algorithms.BuildContext:
+  """What an algorithm may know of the run at build time: N, the routing, the latencies."""
+  n = config.data.num_clients
+  return algorithms.BuildContext(
+    num_clients=n,
+    routing=queueing_parameters(config)[0],
+    latency=load_latencies(config.time, n),
+  )
+
+
 def time_model(config: ml_collections.ConfigDict) -> schedule.TimeModel:
   latencies = load_latencies(config.time, config.data.num_clients)
   return schedule.TimeModel(
@@ -126,6 +148,7 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
   twice = sorted({name for name in names if names.count(name) > 1})
   check(not twice, "algorithms", config.algorithms,
         f"lists {', '.join(twice)} more than once: each algorithm runs once")  # fmt: skip
+  bases = [resolve(name, config)[0] for name in names]
   for name in names:
     algorithms.validate(*resolve(name, config))
   check(config.num_seeds >= 1, "num_seeds", config.num_seeds, "must be >= 1")
@@ -133,10 +156,11 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
     0 < config.target_accuracy <= 1, "target_accuracy", config.target_accuracy, "must be in (0, 1]"
   )
   data.validate(config.data)
-  if any(resolve(name, config)[0].startswith("fedqs") for name in names):
-    check(config.data.get("validation_fraction", 0.0) > 0, "data.validation_fraction",
-          config.data.get("validation_fraction", 0.0),
-          "FedQS needs per-client validation data for its SBC check: use e.g. 0.2")  # fmt: skip
+  for base in bases:
+    if algorithms.spec(base).needs_validation_data:
+      check(config.data.get("validation_fraction", 0.0) > 0, "data.validation_fraction",
+            config.data.get("validation_fraction", 0.0),
+            f"{base} needs per-client validation data: use e.g. 0.2")  # fmt: skip
   models.validate(config.model)
   if config.model.name in models.IMAGE_MODELS:
     check(config.data.name in data.IMAGE_DATASETS, "model.name", config.model.name,
@@ -156,18 +180,16 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
   if s.protocol == "sync":
     check(0 <= s.clients_per_round <= n, "schedule.clients_per_round", s.clients_per_round,
           f"must be in [1, data.num_clients={n}] (0: all clients)")  # fmt: skip
-  weighted = any(resolve(name, config)[0] == "gen_async_sgd" for name in names)
+  weighted = [base for base in bases if algorithms.spec(base).uses_routing]
   if s.protocol == "queueing" or weighted:
-    routing, concurrency = schedule.queueing_parameters(
-      s.get("routing"), s.get("concurrency", 0), n
-    )
+    routing, concurrency = queueing_parameters(config)
   if s.protocol == "queueing":
     check(1 <= s.buffer_size <= concurrency, "schedule.buffer_size", s.buffer_size,
           f"must be in [1, schedule.concurrency={concurrency}] (tasks in circulation)")  # fmt: skip
   elif weighted:
     check(bool(np.allclose(routing, 1.0 / n)), "schedule.routing", s.get("routing"),
-          "non-uniform routing needs schedule.protocol='queueing' (gen_async_sgd's weights "
-          "1/(n p_i) assume clients are drawn from p)")  # fmt: skip
+          f"non-uniform routing needs schedule.protocol='queueing' ({weighted[0]}'s weights "
+          "assume clients are drawn from p)")  # fmt: skip
   given = s.get("routing")
   check(s.protocol == "queueing" or bool(weighted) or given is None
         or (isinstance(given, str) and not given.strip()), "schedule.routing", given,
@@ -224,19 +246,16 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
   grid = sweep.points(config)  # raises for values that are not numbers
   if grid != [{}]:
     known = set()
-    for name in names:
-      base, resolved = resolve(name, config)
-      known |= {"lr", "momentum", "clip", *algorithms.build(base, resolved)[1]}
-    for field in dict.fromkeys(f for point in grid for f in point if not sweep.is_static(f)):
-      check(field in known, f"sweep.{field}", config.get("sweep", {}).get(field, "get_sweep()"),
-            f"no algorithm of this run has a hyperparameter {field!r}")  # fmt: skip
+    for base in bases:
+      known |= set(algorithms.hparam_names(base))
     for point in grid:
-      for field, low, high in (("lr", 0.0, None), ("clip", 0.0, None), ("momentum", None, 1.0)):
-        value = point.get(field)
-        if value is not None:
-          ok = (low is None or value > low) and (high is None or value < high)
-          check(ok and (low is not None or value >= 0), f"sweep.{field}", value,
-                "lr and clip must be > 0, momentum in [0, 1)")  # fmt: skip
+      for field, value in point.items():
+        if sweep.is_static(field):
+          continue
+        check(field in known, f"sweep.{field}", value,
+              f"no algorithm of this run ({', '.join(names)}) has this hyperparameter")  # fmt: skip
+        allowed = algorithms.hparam_range(field)
+        check(allowed.contains(value), f"sweep.{field}", value, f"must be in {allowed}")
 
   if workdir is not None:
     check(bool(workdir), "workdir", workdir, "must be a folder path")

@@ -45,7 +45,7 @@ from fedqs_jax.algorithms.base import (
   Algorithm,
   Arrivals,
   Broadcast,
-  LocalSettings,
+  LocalTask,
   payload_shape,
   tree_where,
 )
@@ -212,18 +212,22 @@ class Engine:
     positions, mask = jax.vmap(lambda s: self._batch(key, orders, count, s))(steps)
     return positions, mask & (steps < self.num_steps(count))[:, None]
 
-  def local_train(self, params, settings: LocalSettings, client, key, hparams, data: FederatedData):
+  def local_train(self, params, task: LocalTask, client, key, hparams, data: FederatedData):
     """SGD with heavy-ball momentum (reset per task) and global-norm clipping.
 
-    `local_loop="while"` stops after the client's own steps (under vmap: after the
-    longest of the clients trained together); `"scan"` always runs the static
-    maximum, masked, and can be unrolled (`local_unroll`).
+    Trains from `task.start` (None: `params`, the broadcast global model), adding
+    `task.correction` to every gradient and the proximal term's gradient
+    `task.prox * (w - start)` when they are set (see `LocalTask`); an unset extra
+    adds nothing to the program. `local_loop="while"` stops after the client's own
+    steps (under vmap: after the longest of the clients trained together); `"scan"`
+    always runs the static maximum, masked, and can be unrolled (`local_unroll`).
     """
+    start = params if task.start is None else task.start
     count = data.client_count[client]
     row = data.client_index[client]
     num_steps = self.num_steps(count)
     orders = self._orders(key, count)
-    opt = local_optimizer(settings.lr, settings.momentum, hparams["clip"])
+    opt = local_optimizer(task.lr, task.momentum, hparams["clip"])
 
     dropout_key = jax.random.fold_in(key, DROPOUT_STREAM)
 
@@ -237,12 +241,17 @@ class Engine:
       (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         p, data.x_train[examples], data.y_train[examples], m, jax.random.fold_in(dropout_key, s)
       )
+      if task.prox is not None:  # d/dw (mu / 2) ||w - start||^2
+        grads = jax.tree.map(lambda g, w, w0: g + task.prox * (w - w0), grads, p, start)
+      if task.correction is not None:
+        grads = jax.tree.map(jnp.add, grads, task.correction)
       updates, opt_state = opt.update(grads, opt_state, p)
       new_p = optax.apply_updates(p, updates)
       if model_state:  # the statistics training updates (their gradient is zero)
         new_p = {**new_p, **model_state}
       return new_p, opt_state, loss
 
+    params = start
     init = (params, opt.init(params), jnp.zeros((), jnp.float32))
     if self.execution.local_loop == "while":
 
@@ -292,8 +301,8 @@ class Engine:
         count,
         lambda p: self.class_accuracy(p, client, data),
       )
-      settings, row, info = algo.client_begin(row, state.server_state, broadcast, hparams)
-      trained, stats = self.local_train(state.params, settings, client, key, hparams, data)
+      task, row, info = algo.client_begin(row, state.server_state, broadcast, hparams)
+      trained, stats = self.local_train(state.params, task, client, key, hparams, data)
       payload, row = algo.client_end(row, broadcast, trained, hparams)
       return payload, row, (stats, info)
 
@@ -331,7 +340,7 @@ class Engine:
 
     `params` is the point's w^0; `key` its local-training key.
     """
-    server_state, client_state = self.algorithm.init(params, self.num_clients)
+    server_state, client_state = self.algorithm.init(params, self.num_clients, hparams)
     shape = payload_shape(self.algorithm, params, client_state, hparams)
     payloads = jax.tree.map(lambda s: jnp.zeros((self.num_slots, *s.shape), s.dtype), shape)
     state = SimState(
@@ -361,6 +370,8 @@ class Engine:
       client=events.arrival_client,
       staleness=events.staleness,
       num_examples=data.client_count[events.arrival_client].astype(jnp.float32),
+      version=events.arrival_version,
+      mask=jnp.ones(events.arrival_client.shape, bool),
     )
     params, server_state, metrics = self.algorithm.aggregate(
       state.server_state, state.params, arrivals, hparams
@@ -419,17 +430,17 @@ class Engine:
   def _isolate_failure(self, before: SimState, after: SimState, finite) -> SimState:
     """Freezes a run whose parameters or loss became non-finite in this round.
 
-    Failure isolation for grids: such a point keeps its last finite global model
-    (and server state) from then on, flagged `diverged` since `diverged_round`,
-    while the other points go on. The select touches the global model only, O(P)
-    per round: what the frozen point's clients compute afterwards is never
-    aggregated into it.
+    Failure isolation for grids: such a point keeps its last finite global model from
+    then on, flagged `diverged` since `diverged_round`, while the other points go on.
+    Only the global model (and the previous one) is selected, O(P) per round: a frozen
+    point's server and client state may go on changing, even to non-finite values, but
+    nothing of it reaches its model again (every later round selects the frozen one),
+    and grid points never mix. So [N, P] server caches cost no per-round copy.
     """
     ok = finite & ~before.diverged
     return after.replace(
       params=tree_where(ok, after.params, before.params),
       prev_params=tree_where(ok, after.prev_params, before.prev_params),
-      server_state=tree_where(ok, after.server_state, before.server_state),
       diverged=~ok,
       diverged_round=jnp.where(before.diverged | finite, before.diverged_round, after.round),
     )

@@ -2,7 +2,8 @@
 
 Per grid point (exact, from `jax.eval_shape` of the algorithm's own functions):
 
-  global and previous model        2 P
+  global and previous model        2 P, and the round-start copy of both
+                                   that failure isolation reverts to: 2 P
   payload buffer                   S x payload (P plus an algorithm's scalars)
   client state                     the algorithm's [N, ...] state (FedQS: N x P)
   server state                     the algorithm's (FedBuff: P of momentum)
@@ -43,10 +44,11 @@ def estimate(
 ) -> dict[str, int]:
   """Bytes of one grid point's state, of the whole grid, of the shared data, and of
   the busiest device (the grid axis is sharded over `num_devices`, the data replicated)."""
-  server, clients = jax.eval_shape(lambda p: algorithm.init(p, data.num_clients), params)
+  server, clients = jax.eval_shape(lambda p: algorithm.init(p, data.num_clients, hparams), params)
   payload = payload_shape(algorithm, params, clients, hparams)
   p = tree_bytes(params)
-  point = 2 * p + num_slots * tree_bytes(payload) + tree_bytes(clients) + tree_bytes(server)
+  # Global and previous model, and the copy of both that failure isolation keeps per round.
+  point = 4 * p + num_slots * tree_bytes(payload) + tree_bytes(clients) + tree_bytes(server)
   # Each client trained in lockstep: parameters, gradient, optimizer trace, update (4P),
   # and one minibatch's activations (`activation_bytes`: inputs, intermediates, cotangents).
   training = train_width * (4 * p + activation_bytes)

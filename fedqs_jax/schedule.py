@@ -153,6 +153,7 @@ class Schedule:
     return RoundEvents(
       arrival_slot=self.arrival_slot,
       arrival_client=self.arrival_client,
+      arrival_version=self.arrival_version,
       staleness=self.staleness,
       dispatch_client=self.dispatch_client,
       dispatch_slot=self.dispatch_slot,
@@ -165,6 +166,7 @@ class RoundEvents(NamedTuple):
 
   arrival_slot: jnp.ndarray  # [T, K] int32
   arrival_client: jnp.ndarray  # [T, K] int32
+  arrival_version: jnp.ndarray  # [T, K] int32 the versions the arriving tasks trained from
   staleness: jnp.ndarray  # [T, K] int32
   dispatch_client: jnp.ndarray  # [T, D] int32
   dispatch_slot: jnp.ndarray  # [T, D] int32

@@ -1,36 +1,44 @@
 """Hyperparameter sweeps: grid points over the dynamic hyperparameters.
 
 A sweep is declared in the config as comma-separated values per hyperparameter,
-`config.sweep.lr = "0.01,0.05,0.1"` (or on the command line,
-`--config.sweep.lr=0.01,0.05,0.1`); the grid is the product of the swept lists.
+namespaced by config section: `config.sweep.local.lr = "0.01,0.05,0.1"`, or on the
+command line `--config.sweep.local.lr=0.01,0.05,0.1 --config.sweep.fedbuff.beta=0,0.5`;
+the grid is the product of the swept lists. The dynamic (grid-sweepable) names are
+the local-training ones (`local.lr`, `local.momentum`, `local.clip`) and every
+algorithm's own (`fedbuff.server_lr`, `fedqs.a`...: `algorithms.dynamic_names()`).
 A config file may also define `get_sweep()` returning a list of points built with
 `axis`, `product` and `zip` (in the spirit of big_vision's `get_hyper`):
 
   def get_sweep():
-    return sweep.product(sweep.axis("a", [1e-3, 2e-3]),
-                         sweep.zip(sweep.axis("m0", [0.1, 0.2]), sweep.axis("k", [1, 2])))
+    return sweep.product(
+      sweep.axis("fedqs.a", [1e-3, 2e-3]),
+      sweep.zip(sweep.axis("fedqs.m0", [0.1, 0.2]), sweep.axis("fedqs.k", [1, 2])),
+    )
 
 It lands in `config.sweep_points`, and the run's grid is its product with the
 command-line sweep.
 
-A name with a dot is a *static* config field (`sweep.axis("schedule.buffer_size", [5,
-10])`, `"data.num_clients"`, `"schedule.protocol"`...): it changes shapes or the
-schedule, so `groups` splits the grid by these values (the static signature) and each
+Any other name is a *static* config field (`sweep.axis("schedule.buffer_size", [5,
+10])`, `"data.num_clients"`, `"schedule.protocol"`, `"fedqs.similarity"`...): it changes
+shapes or the schedule, so `groups` splits the grid by these values (the static signature) and each
 group runs as its own program(s), with its own data and schedule; the dynamic
 hyperparameters of a group still share one program per algorithm.
 Every point of the grid, times every seed, becomes one entry of the leading grid
 axis G of ONE compiled program per algorithm (`fedqs_jax.run.train`). An algorithm
-only sees the swept hyperparameters it has: the others do not multiply its grid.
+only sees the swept hyperparameters it has: the others do not multiply its grid (a
+sweep of `fedbuff.server_lr` changes FedBuff's grid alone).
 """
 
 from __future__ import annotations
 
 import builtins
+import difflib
 import importlib.util
 from collections.abc import Sequence
 
 import ml_collections
 
+from fedqs_jax import algorithms
 from fedqs_jax.errors import ConfigError
 
 Point = dict[str, float]
@@ -51,12 +59,29 @@ def parse_values(name: str, value) -> list[float]:
 
 
 def is_static(name: str) -> bool:
-  """Whether a swept name is a config field ("section.field") rather than a hyperparameter."""
-  return "." in name
+  """Whether a swept name is a static config field rather than a dynamic hyperparameter."""
+  return name not in algorithms.dynamic_names()
+
+
+def check_name(name: str) -> None:
+  """Raises `ConfigError` for a swept name that is neither a hyperparameter nor a
+  "section.field" (e.g. an unnamespaced `lr`), suggesting the namespaced names."""
+  if "." in name:
+    return
+  dynamic = algorithms.dynamic_names()
+  close = [n for n in dynamic if n.endswith("." + name)] or difflib.get_close_matches(
+    name, list(dynamic), n=3
+  )
+  hint = f": did you mean {' or '.join(close)}?" if close else ""
+  raise ConfigError(
+    f"sweep.{name} is invalid: swept names are namespaced by config section "
+    f"(local.lr, fedbuff.server_lr, schedule.buffer_size){hint}"
+  )
 
 
 def axis(name: str, values: Sequence) -> list[Point]:
   """One swept name: `[{name: v} for v in values]` (hyperparameters as floats)."""
+  check_name(name)
   return [{name: v if is_static(name) else float(v)} for v in values]
 
 
@@ -77,13 +102,24 @@ def zip(*parts: Sequence[Point]) -> list[Point]:
   return [{k: v for p in combo for k, v in p.items()} for combo in combos]
 
 
+def _declared(config: ml_collections.ConfigDict) -> list[tuple[str, object]]:
+  """The (namespaced name, value) pairs of `config.sweep` (nested by section)."""
+  out = []
+  for section, fields in (config.get("sweep") or {}).items():
+    if isinstance(fields, dict | ml_collections.ConfigDict):
+      out += [(f"{section}.{field}", value) for field, value in fields.items()]
+    else:
+      check_name(section)  # an unnamespaced name: refused with a suggestion
+  return out
+
+
 def points(config: ml_collections.ConfigDict) -> list[Point]:
   """The grid: `config.sweep_points` x the product of `config.sweep` ([{}]: no sweep)."""
-  sweep = config.get("sweep") or {}
-  axes = [axis(name, parse_values(name, sweep[name])) for name in sweep]
+  axes = [axis(name, parse_values(name, value)) for name, value in _declared(config)]
   from_file = [dict(p) for p in (config.get("sweep_points") or [{}])]
   for point in from_file:
     for name, value in point.items():
+      check_name(name)
       if not is_static(name):
         parse_values(name, [value])  # numbers only
   return product(from_file, *[a for a in axes if a])

@@ -23,15 +23,18 @@ def params_like(seed: int, lead=()):
 
 def arrivals(seed=0, k=K, staleness=None, num_examples=None):
   rng = np.random.default_rng(seed)
+  staleness = jnp.asarray(
+    rng.integers(0, 20, size=k) if staleness is None else staleness, jnp.int32
+  )
   return Arrivals(
     payload=params_like(seed + 1, (k,)),
     client=jnp.arange(k, dtype=jnp.int32),
-    staleness=jnp.asarray(
-      rng.integers(0, 20, size=k) if staleness is None else staleness, jnp.int32
-    ),
+    staleness=staleness,
     num_examples=jnp.asarray(
       rng.integers(0, 50, size=k) if num_examples is None else num_examples, jnp.float32
     ),
+    version=30 - staleness,  # aggregated in round 31
+    mask=jnp.ones(k, bool),
   )
 
 
@@ -47,7 +50,7 @@ def build(name, **overrides):
 
 def aggregate(algo, hparams, arr, params=None):
   params = params_like(0) if params is None else params
-  server_state, _ = algo.init(params, 10)
+  server_state, _ = algo.init(params, 10, hparams)
   new, _, metrics = jax.jit(algo.aggregate)(server_state, params, arr, hparams)
   return new, metrics
 
@@ -55,7 +58,7 @@ def aggregate(algo, hparams, arr, params=None):
 def uploads(algo, hparams, seed=0, num_examples=None, staleness=None):
   """K arrivals whose payloads each algorithm built itself (client_begin, then client_end)."""
   params = params_like(0)
-  server, clients = algo.init(params, K)
+  server, clients = algo.init(params, K, hparams)
   n = np.random.default_rng(seed).integers(0, 50, size=K) if num_examples is None else num_examples
   payloads = []
   for i in range(K):
@@ -105,7 +108,7 @@ def test_contract_client_side_payload(name):
     params, params, jnp.int32(3), jnp.int32(2), jnp.float32(5),
     lambda p: (jnp.ones(3), jnp.full(3, 20.0)),
   )  # fmt: skip
-  server, clients = algo.init(params, 10)
+  server, clients = algo.init(params, 10, hparams)
   row = jax.tree.map(lambda x: x[3], clients)
   settings, row, info = algo.client_begin(row, server, b, hparams)
   assert all(jnp.shape(v) == () for v in info.values())
@@ -164,7 +167,7 @@ def test_fedbuff_staleness_discount_and_momentum():
   tau = np.array([0, 1, 3, 8, 15])
   arr = arrivals(staleness=tau)
   params = params_like(0)
-  state, _ = algo.init(params, 10)
+  state, _ = algo.init(params, 10, hparams)
   step = jax.jit(algo.aggregate)
   w1, state, _ = step(state, params, arr, hparams)
   w2, state, _ = step(state, w1, arr, hparams)

@@ -240,5 +240,6 @@ def test_validate_unknown_name_lists_allowed():
 
 
 def test_dirichlet_alpha_only_checked_for_dirichlet():
-  data.validate(_config(partition="iid", dirichlet_alpha=0.0))
-  data.validate(_config())
+  data.validate(_config(partition="iid", dirichlet_alpha=0.0))  # alpha is not used: accepted
+  with pytest.raises(ConfigError, match="data.dirichlet_alpha"):
+    data.validate(_config(partition="dirichlet", dirichlet_alpha=0.0))

@@ -8,7 +8,7 @@ import numpy as np
 from fedqs_jax import run
 from tests.common import finish, start_cli, tiny_args, tiny_config
 
-SAME = {"algorithms": "fedbuff", "sweep.lr": "0.05,0.1,0.2"}  # 3 points over 2 devices: 4
+SAME = {"algorithms": "fedbuff", "sweep.local.lr": "0.05,0.1,0.2"}  # 3 points over 2 devices: 4
 
 
 def cli(*args):

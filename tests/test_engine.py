@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedqs_jax import algorithms, engine, models, run
-from fedqs_jax.algorithms import LocalSettings
+from fedqs_jax import algorithms, engine, models, program, run
+from fedqs_jax.algorithms import LocalTask
 from fedqs_jax.data import FederatedData, index_table
 from tests.common import tiny_config
 
@@ -51,7 +51,7 @@ def make_engine(
 
 
 HPARAMS = {"lr": jnp.float32(0.1), "momentum": jnp.float32(0.5), "clip": jnp.float32(20.0)}
-SETTINGS = LocalSettings(lr=jnp.float32(0.1), momentum=jnp.float32(0.5))
+SETTINGS = LocalTask(lr=jnp.float32(0.1), momentum=jnp.float32(0.5))
 
 
 @pytest.mark.parametrize("count", [0, 1, 4, 5, 17])
@@ -146,7 +146,7 @@ def _train(config, name="fedavg"):
   from fedqs_jax import data as data_lib
 
   data = data_lib.load(config.data, config.data.seed)
-  sched = run.make_schedule(config)
+  sched = program.make_schedule(config)
   return run.train(config, name, data, sched)
 
 
@@ -189,18 +189,15 @@ def test_chunk_loop_makes_no_host_to_device_transfers():
 
   config = tiny_config()
   data = data_lib.load(config.data, config.data.seed)
-  sched = run.make_schedule(config)
-  module = models.build(config.model, data.num_classes)
-  algo, algo_hparams = algorithms.build("fedavg", config)
-  eng = run.make_engine(
-    config, algo, lambda p, x: module.apply({"params": p}, x), data, sched.num_slots
-  )
-  hparams = run.grid_hparams(config, algo_hparams, 1)
-  params = jax.vmap(lambda k: module.init(k, data.x_train[:1])["params"])(
-    run.seed_keys([0], run.INIT_STREAM)
+  sched = program.make_schedule(config)
+  prog = program.build_program(config, "fedavg", data, sched.num_slots)
+  eng = prog.engine
+  hparams = prog.grid_hparams([{}])
+  params = jax.vmap(lambda k: prog.model.init(k, data.x_train[:1]))(
+    program.seed_keys([0], program.INIT_STREAM)
   )
   state = eng.init(
-    run.seed_keys([0], run.TRAIN_STREAM), params, sched.init_client, sched.init_slot,
+    program.seed_keys([0], program.TRAIN_STREAM), params, sched.init_client, sched.init_slot,
     sched.init_mask, hparams, data,
   )  # fmt: skip
   events = sched.events()
@@ -216,7 +213,7 @@ def test_gradient_clipping_bounds_every_step():
   data = handmade_data()
   eng, params = make_engine(data, batch_size=32, epochs=1)  # client 2: one step
   dd = data
-  settings = LocalSettings(lr=jnp.float32(0.5), momentum=jnp.float32(0.0))
+  settings = LocalTask(lr=jnp.float32(0.5), momentum=jnp.float32(0.0))
   hp = {**HPARAMS, "clip": jnp.float32(1e-3)}
   trained, stats = jax.jit(eng.local_train)(params, settings, 2, jax.random.PRNGKey(0), hp, dd)
   assert int(stats.steps) == 1
@@ -253,7 +250,7 @@ class BatchNormNet(nn.Module):
 
 
 def stateful_engine(module, data, stateful=(), dropout=False, **local):
-  fns = run.model_fns(module, stateful, dropout)
+  fns = program.model_fns(module, stateful, dropout)
   algo, _ = algorithms.build("fedavg", tiny_config())
   eng = engine.Engine(
     algo, fns.apply, data, num_slots=data.num_clients, train_fn=fns.train,
@@ -270,7 +267,7 @@ def test_batchnorm_statistics_are_trained_and_carried_like_parameters():
     BatchNormNet(), data, stateful=("batch_stats",), batch_size=4, steps=1
   )
   assert set(variables) == {"params", "batch_stats"}
-  settings = LocalSettings(lr=jnp.float32(0.1), momentum=jnp.float32(0.0))
+  settings = LocalTask(lr=jnp.float32(0.1), momentum=jnp.float32(0.0))
   key = jax.random.PRNGKey(3)
   hparams = {**HPARAMS, "clip": jnp.float32(1e9)}  # an exact SGD step: no clipping
   trained, stats = jax.jit(lambda: eng.local_train(variables, settings, 1, key, hparams, data))()
@@ -324,9 +321,9 @@ def test_dropout_draws_from_the_task_key_only_in_training():
   np.testing.assert_array_equal(leaves(a), leaves(again))  # same key, same numbers
   assert not np.allclose(leaves(a), leaves(plain))  # dropout is active in training
   assert not np.allclose(leaves(a), leaves(other))
-  # Evaluation is deterministic: no dropout.
+  # Evaluation applies no dropout: the trained net evaluates like its dropout-free twin.
   x = data.x_test[:, :6]
-  np.testing.assert_array_equal(fns.apply(a, x), fns.apply(a, x))
+  np.testing.assert_array_equal(fns.apply(a, x), eng0.apply_fn(a, x))
   np.testing.assert_allclose(fns.apply(params, x), eng0.apply_fn(params, x), rtol=1e-6)
 
 
@@ -342,7 +339,7 @@ def test_paper_models_train_alike_in_every_client_mode(model):
     module = models.CharLSTM(num_classes=80, hidden=8, layers=2)
   else:
     module = models.FCN(num_classes=3, hidden=16, dropout=0.5)
-  fns = run.model_fns(module, dropout=model == "fcn")
+  fns = program.model_fns(module, dropout=model == "fcn")
   params = fns.init(jax.random.PRNGKey(0), data.x_train[:1])
   algo, _ = algorithms.build("fedsgd", tiny_config())
   hp = {**HPARAMS, "server_lr": jnp.float32(1.0)}

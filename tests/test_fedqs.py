@@ -10,8 +10,8 @@ import optax
 import pytest
 
 from fedqs_jax import data as data_lib
-from fedqs_jax import engine, run
-from fedqs_jax.algorithms import fedqs
+from fedqs_jax import engine, program, run
+from fedqs_jax.algorithms import Broadcast, fedqs
 from tests.common import tiny_config
 
 H = {k: jnp.float32(v) for k, v in fedqs.DEFAULT_HPARAMS.items()}
@@ -175,7 +175,7 @@ def test_local_optimizer_matches_the_papers_unrolled_momentum_formula():
 
 def _train(config, name):
   data = data_lib.load(config.data, config.data.seed)
-  return run.train(config, name, data, run.make_schedule(config))
+  return run.train(config, name, data, program.make_schedule(config))
 
 
 ALL_OFF = {
@@ -236,3 +236,28 @@ def test_fedqs_runs_through_the_cli_and_logs_types(tmp_path):
     )
     assert 0 <= float(r["feedback_uploads"]) <= 4  # K = 4
   assert sum(float(r["dispatch_classified"]) for r in rows) > 0
+
+
+def test_mod1_measures_the_angle_between_the_last_update_and_the_last_server_step():
+  """Mod 1: theta is the angle between the client's previous update and L_g = w^v - w^(v-1)."""
+  algo = fedqs.fedqs("sgd")
+  rng = np.random.default_rng(0)
+  w = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)}
+  step = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)}
+  hparams = {**H, "lr": jnp.float32(0.1), "momentum": jnp.float32(0.0)}
+  server, clients = algo.init(w, 2, hparams)
+  row = jax.tree.map(lambda x: x[0], clients)._replace(prev_update=step, has_prev=jnp.bool_(True))
+  probe = lambda p: (jnp.ones(3), jnp.full(3, 20.0))  # noqa: E731
+
+  def theta(prev_params):
+    b = Broadcast(w, prev_params, jnp.int32(0), jnp.int32(1), jnp.float32(5), probe)
+    return float(algo.client_begin(row, server, b, hparams)[1].theta)
+
+  moved_along = jax.tree.map(jnp.subtract, w, step)  # the server moved by +step: L_g = step
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+    fedqs.pseudo_global_gradient(w, moved_along),
+    step,
+  )
+  assert theta(moved_along) == pytest.approx(0.0, abs=0.1)
+  assert theta(jax.tree.map(jnp.add, w, step)) == pytest.approx(180.0, abs=0.1)

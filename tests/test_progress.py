@@ -3,14 +3,14 @@
 import io
 import re
 
-from fedqs_jax import run
+from fedqs_jax import report
 
 
 def test_eta_counts_compile_once_per_algorithm(monkeypatch):
   clock = [0.0]
-  monkeypatch.setattr(run.time, "perf_counter", lambda: clock[0])
+  monkeypatch.setattr(report.time, "perf_counter", lambda: clock[0])
   out = io.StringIO()
-  progress = run.Progress(num_algorithms=2, rounds=30, stream=out, every=0.0)
+  progress = report.Progress(num_algorithms=2, rounds=30, stream=out, every=0.0)
   # Each algorithm: a first chunk of 10 s (compile + 10 rounds), then chunks of 1 s.
   durations = [10.0, 1.0, 1.0, 10.0, 1.0, 1.0]
   for i, seconds in enumerate(durations):

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import default
-from fedqs_jax import algorithms, queueing, schedule
+from fedqs_jax import algorithms, program, queueing, schedule
 from fedqs_jax import config as config_lib
 from fedqs_jax import run as run_lib
 from fedqs_jax.algorithms import Arrivals, Broadcast, gen_async_sgd
@@ -299,10 +299,10 @@ def test_config_routing_and_concurrency_reach_the_schedule(tmp_path):
     got_p, got_c = schedule.queueing_parameters(routing, 0, n)
     np.testing.assert_allclose(got_p, p, rtol=1e-12)
     assert got_c == (5 if routing == str(path) else n)
-    sched = run_lib.make_schedule(config)
+    sched = program.make_schedule(config)
     assert sched.num_slots == got_c and sched.init_client.shape == (2, got_c)
     tm = config_lib.time_model(config)
-    direct = schedule.build(run_lib.seed_keys([0, 1], run_lib.SCHEDULE_STREAM), tm,
+    direct = schedule.build(program.seed_keys([0, 1], program.SCHEDULE_STREAM), tm,
                             protocol="queueing", num_rounds=20, buffer_size=2,
                             concurrency=got_c, routing=got_p)  # fmt: skip
     jax.tree.map(np.testing.assert_array_equal, sched, direct)
@@ -370,7 +370,7 @@ def test_gen_async_sgd_weight_is_fixed_at_dispatch():
   algo = gen_async_sgd.gen_async_sgd(p)
   hparams = {"lr": jnp.float32(0.1), "momentum": jnp.float32(0.0), "server_lr": jnp.float32(0.7)}
   params = params_like(0)
-  server, clients = algo.init(params, n)
+  server, clients = algo.init(params, n, hparams)
   payloads, deltas = [], []
   for i in range(n):
     b = Broadcast(params, params, jnp.int32(i), jnp.int32(0), jnp.float32(10), lambda q: (0, 0))
@@ -386,7 +386,7 @@ def test_gen_async_sgd_weight_is_fixed_at_dispatch():
     deltas.append(delta)
   stacked = jax.tree.map(lambda *x: jnp.stack(x), *payloads)
   arr = Arrivals(stacked, jnp.arange(n, dtype=jnp.int32), jnp.arange(n, dtype=jnp.int32),
-                 jnp.ones(n))  # fmt: skip
+                 jnp.ones(n), jnp.zeros(n, jnp.int32), jnp.ones(n, bool))  # fmt: skip
   new, _, _ = jax.jit(algo.aggregate)(server, params, arr, hparams)
   # w + server_lr * (1/K) sum_j Delta_j / (n p_j)
   expected = jax.tree.map(
@@ -406,7 +406,7 @@ def _train(config, name):
   from fedqs_jax import data as data_lib
 
   data = data_lib.load(config.data, config.data.seed)
-  sched = run_lib.make_schedule(config)
+  sched = program.make_schedule(config)
   return run_lib.train(config, name, data, sched)
 
 
@@ -416,7 +416,7 @@ def test_gen_async_sgd_with_uniform_routing_is_plain_async_sgd():
                           "schedule.concurrency": 6, "time.distribution": "exponential",
                           "schedule.num_rounds": 10, "fedsgd.server_lr": 0.8,
                           "gen_async_sgd.server_lr": 0.8})  # fmt: skip
-  sched = run_lib.make_schedule(config)
+  sched = program.make_schedule(config)
   assert np.asarray(sched.staleness).max() > 0  # a stale, asynchronous run
   ours, theirs = _train(config, "gen_async_sgd"), _train(config, "fedsgd")
   np.testing.assert_array_equal(ours["test_loss"], theirs["test_loss"])
@@ -434,8 +434,8 @@ def test_gen_async_sgd_buffered_with_uniform_routing_is_fedbuff_without_discount
   hparams = {"lr": jnp.float32(0.1), "momentum": jnp.float32(0.0), "server_lr": jnp.float32(0.8)}
   fedbuff_hp = {**hparams, **jax.tree.map(jnp.float32, fedbuff_hp)}
   params = params_like(0)
-  server, clients = algo.init(params, n)
-  fb_server, _ = fedbuff.init(params, n)
+  server, clients = algo.init(params, n, hparams)
+  fb_server, _ = fedbuff.init(params, n, fedbuff_hp)
   ours, theirs = [], []
   for i in range(k):
     b = Broadcast(params, params, jnp.int32(2 * i), jnp.int32(0), jnp.float32(5), lambda q: (0, 0))
@@ -444,7 +444,8 @@ def test_gen_async_sgd_buffered_with_uniform_routing_is_fedbuff_without_discount
     theirs.append(fedbuff.client_end((), b, params_like(i + 1), fedbuff_hp)[0])
   stack = lambda xs: jax.tree.map(lambda *x: jnp.stack(x), *xs)  # noqa: E731
   staleness = jnp.array([0, 3, 1, 7], jnp.int32)
-  meta = (jnp.arange(k, dtype=jnp.int32) * 2, staleness, jnp.ones(k))
+  meta = (jnp.arange(k, dtype=jnp.int32) * 2, staleness, jnp.ones(k), -staleness,
+          jnp.ones(k, bool))  # fmt: skip
   new, _, _ = algo.aggregate(server, params, Arrivals(stack(ours), *meta), hparams)
   want, _, _ = fedbuff.aggregate(fb_server, params, Arrivals(stack(theirs), *meta), fedbuff_hp)
   jax.tree.map(np.testing.assert_array_equal, new, want)

@@ -12,7 +12,7 @@ from tests.common import finish, start_cli, tiny_args, tiny_config
 
 # Two algorithms x two points, long enough to be killed half-way.
 SAME = {"schedule.num_rounds": 200, "engine.eval_every": 10, "algorithms": "fedavg,fedbuff",
-        "sweep.lr": "0.05,0.1"}  # fmt: skip
+        "sweep.local.lr": "0.05,0.1"}  # fmt: skip
 
 
 def cli(*args):

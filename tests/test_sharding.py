@@ -8,21 +8,21 @@ import sys
 import numpy as np
 
 from fedqs_jax import data as data_lib
-from fedqs_jax import run
+from fedqs_jax import program, run
 from tests.common import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OVERRIDES = {"sweep.lr": "0.05,0.1,0.2", "algorithms": "fedqs_sgd", "data.validation_fraction": 0.2}
+OVERRIDES = {"sweep.local.lr": "0.05,0.1,0.2", "algorithms": "fedqs_sgd", "data.validation_fraction": 0.2}
 
 SCRIPT = """
 import json, sys
 import jax
 jax.config.update("jax_disable_most_optimizations", True)
-from fedqs_jax import data as data_lib, run
+from fedqs_jax import data as data_lib, program, run
 from tests.common import tiny_config
 config = tiny_config(**json.loads(sys.argv[1]))
 data = data_lib.load(config.data, config.data.seed)
-out = run.train(config, "fedqs_sgd", data, run.make_schedule(config))
+out = run.train(config, "fedqs_sgd", data, program.make_schedule(config))
 print(json.dumps({"devices": out["devices"], "count": jax.device_count(),
                   "test_loss": out["test_loss"].tolist(),
                   "client_steps": out["client_steps"].tolist()}))
@@ -45,7 +45,7 @@ def test_grid_sharded_over_8_devices_equals_unsharded():
   assert sharded["count"] == 8 and sharded["devices"] == 8  # 3 points padded to 8, all used
   config = tiny_config(**OVERRIDES)
   data = data_lib.load(config.data, config.data.seed)
-  alone = run.train(config, "fedqs_sgd", data, run.make_schedule(config))
+  alone = run.train(config, "fedqs_sgd", data, program.make_schedule(config))
   assert alone["devices"] == 1
   np.testing.assert_allclose(np.array(sharded["test_loss"]), alone["test_loss"], rtol=1e-5)
   np.testing.assert_array_equal(np.array(sharded["client_steps"]), alone["client_steps"])

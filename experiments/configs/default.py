@@ -12,15 +12,7 @@ Every field can be overridden on the command line, e.g.
 
 import ml_collections
 
-from fedqs_jax.algorithms import fedqs
-
-# Dynamic hyperparameters a sweep can vary (one compiled program per algorithm).
-SWEEPABLE = (
-  "lr", "momentum", "clip",  # local training
-  "server_lr", "beta", "server_momentum",  # fedsgd / fedbuff / fedqs
-  "alpha", "staleness_a", "staleness_b",  # fedasync
-  *[name for name in fedqs.DEFAULT_HPARAMS if name != "server_lr"],
-)  # fmt: skip
+from fedqs_jax import algorithms
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -84,35 +76,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.engine.memory_limit_gb = 0.0  # device memory the run may use (0: the device's)
   config.engine.checkpoint_every = 0  # chunks between checkpoints (0: none); see --resume
 
-  # Sweeps: comma-separated values per hyperparameter, e.g. --config.sweep.lr=0.01,0.05,0.1;
-  # the grid is their product, times the seeds, run as one program per algorithm.
-  config.sweep = ml_collections.ConfigDict({name: "" for name in SWEEPABLE})
+  # Sweeps: comma-separated values per dynamic hyperparameter, namespaced by section, e.g.
+  # --config.sweep.local.lr=0.01,0.05,0.1 --config.sweep.fedbuff.beta=0,0.5; the grid is
+  # their product, times the seeds, run as one program per algorithm.
+  config.sweep = ml_collections.ConfigDict()
+  for name in algorithms.dynamic_names():
+    section, field = name.split(".")
+    config.sweep[section] = config.sweep.get(section, ml_collections.ConfigDict())
+    config.sweep[section][field] = ""
 
-  config.fedsgd = ml_collections.ConfigDict(dict(server_lr=1.0))
-  config.gen_async_sgd = ml_collections.ConfigDict(dict(server_lr=1.0))  # w += lr/(n p_I) Delta
-  config.fedbuff = ml_collections.ConfigDict(dict(server_lr=1.0, beta=0.5, server_momentum=0.0))
-  config.fedqs = ml_collections.ConfigDict(
-    dict(
-      similarity="cosine",  # cosine | cosine_layerwise_minmax | euclidean | manhattan
-      momentum=True,  # Mod 2 momentum adaptation (off: m_i = 0)
-      feedback=True,  # Mod 3 feedback boost (off: base weights only)
-      adaptive_lr=True,  # Mod 2 learning-rate steps (off: eta_i = local.lr)
-      base_weights="data_size",  # data_size | uniform
-      feedback_weight="reference",  # reference | paper
-      a=0.002,
-      m0=0.1,
-      k=2.0,
-      m_cap=0.4,
-      phi=0.1,
-      f_max=9.0,
-      g_max=2.0,
-      lr_min=1e-3,
-      lr_max=0.2,
-      spread_threshold=30.0,
-      server_lr=1.0,
-    )
-  )
-  config.fedasync = ml_collections.ConfigDict(
-    dict(alpha=0.6, staleness="polynomial", poly_a=0.5, hinge_a=10.0, hinge_b=4.0)
-  )
+  # One section per algorithm (shared by FedQS-SGD and -Avg), with the defaults of its
+  # spec (fedqs_jax/algorithms/<name>.py): static options and dynamic hyperparameters.
+  for section, fields in algorithms.section_defaults().items():
+    config[section] = ml_collections.ConfigDict(fields)
   return config

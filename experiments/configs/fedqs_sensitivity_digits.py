@@ -30,7 +30,7 @@ def get_config():
 
 def get_sweep():
   return sweep.product(
-    sweep.axis("a", [0.0005, 0.001, 0.002, 0.005]),
-    sweep.axis("m0", [0.0, 0.1, 0.2, 0.3]),
-    sweep.axis("k", [1.0, 2.0, 4.0]),
+    sweep.axis("fedqs.a", [0.0005, 0.001, 0.002, 0.005]),
+    sweep.axis("fedqs.m0", [0.0, 0.1, 0.2, 0.3]),
+    sweep.axis("fedqs.k", [1.0, 2.0, 4.0]),
   )

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from fedqs_jax.algorithms import base, staleness
 
 
 def fedasync(staleness_fn: str = "polynomial") -> base.Algorithm:
   def aggregate(server_state, params, arrivals: base.Arrivals, hparams):
+    a = hparams["hinge_a"] if staleness_fn == "hinge" else hparams["poly_a"]
     alphas = hparams["alpha"] * staleness.discount(
-      staleness_fn, arrivals.staleness, hparams["staleness_a"], hparams["staleness_b"]
+      staleness_fn, arrivals.staleness, a, hparams["hinge_b"]
     )
 
     def mix(w, xs):
@@ -45,7 +45,18 @@ def fedasync(staleness_fn: str = "polynomial") -> base.Algorithm:
   )
 
 
-def from_config(config: ml_collections.ConfigDict) -> tuple[base.Algorithm, base.HParams]:
-  c = config.fedasync
-  a = c.hinge_a if c.staleness == "hinge" else c.poly_a
-  return fedasync(c.staleness), {"alpha": c.alpha, "staleness_a": a, "staleness_b": c.hinge_b}
+SPECS = (
+  base.AlgorithmSpec(
+    name="fedasync",
+    section="fedasync",
+    build=lambda c, ctx: fedasync(c.staleness),
+    options={"staleness": ("polynomial", staleness.STALENESS_FUNCTIONS)},
+    hparams={
+      "alpha": (0.6, base.UNIT),
+      "poly_a": (0.5, base.NON_NEGATIVE),
+      "hinge_a": (10.0, base.NON_NEGATIVE),
+      "hinge_b": (4.0, base.NON_NEGATIVE),
+    },
+    doc="staleness-weighted model mixing, one arrival after another",
+  ),
+)

@@ -12,7 +12,6 @@ arriving client is empty, the global model is kept.
 from __future__ import annotations
 
 import jax.numpy as jnp
-import ml_collections
 
 from fedqs_jax.algorithms import base
 
@@ -34,6 +33,11 @@ def fedavg() -> base.Algorithm:
   )
 
 
-def from_config(config: ml_collections.ConfigDict) -> tuple[base.Algorithm, base.HParams]:
-  del config
-  return fedavg(), {}
+SPECS = (
+  base.AlgorithmSpec(
+    name="fedavg",
+    section="fedavg",
+    build=lambda c, ctx: fedavg(),
+    doc="model averaging weighted by data size",
+  ),
+)

@@ -50,28 +50,40 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from fedqs_jax.algorithms import base, similarity
+from fedqs_jax.errors import check
 
 VARIANTS = ("sgd", "avg")
 BASE_WEIGHTS = ("data_size", "uniform")
 FEEDBACK_WEIGHTS = ("reference", "paper")
 TYPES = ("fbc", "fuc", "suc", "sbc")
 
-# Dynamic hyperparameters with the reference code's defaults.
-DEFAULT_HPARAMS = {
-  "a": 0.002,  # learning-rate step
-  "m0": 0.1,  # base momentum
-  "k": 2.0,  # momentum slope
-  "m_cap": 0.4,  # momentum increment cap
-  "phi": 0.1,  # feedback exponent offset
-  "f_max": 9.0,  # cap of F = f_bar / f_i
-  "g_max": 2.0,  # cap of G in the feedback boost
-  "lr_min": 1e-3,
-  "lr_max": 0.2,
-  "spread_threshold": 30.0,  # percentage points: straggler below, distribution shift above
-  "server_lr": 1.0,  # eta_g of FedQS-SGD
+# Dynamic hyperparameters with the reference code's defaults and their ranges.
+HPARAMS = {
+  "a": (0.002, base.NON_NEGATIVE),  # learning-rate step
+  "m0": (0.1, base.NON_NEGATIVE),  # base momentum
+  "k": (2.0, base.NON_NEGATIVE),  # momentum slope
+  "m_cap": (0.4, base.NON_NEGATIVE),  # momentum increment cap
+  "phi": (0.1, base.NON_NEGATIVE),  # feedback exponent offset
+  "f_max": (9.0, base.POSITIVE),  # cap of F = f_bar / f_i
+  "g_max": (2.0, base.POSITIVE),  # cap of G in the feedback boost
+  "lr_min": (1e-3, base.POSITIVE),
+  "lr_max": (0.2, base.POSITIVE),
+  # percentage points: straggler below, distribution shift above
+  "spread_threshold": (30.0, base.NON_NEGATIVE),
+  "server_lr": (1.0, base.POSITIVE),  # eta_g of FedQS-SGD
+}
+DEFAULT_HPARAMS = {name: default for name, (default, _) in HPARAMS.items()}
+
+# Static switches (ablations) and their allowed values (None: a bool).
+OPTIONS = {
+  "similarity": ("cosine", similarity.SIMILARITIES),
+  "momentum": (True, None),  # Mod 2 momentum adaptation (off: m_i = 0)
+  "feedback": (True, None),  # Mod 3 feedback boost (off: base weights only)
+  "adaptive_lr": (True, None),  # Mod 2 learning-rate steps (off: eta_i = local.lr)
+  "base_weights": ("data_size", BASE_WEIGHTS),
+  "feedback_weight": ("reference", FEEDBACK_WEIGHTS),
 }
 
 
@@ -90,10 +102,16 @@ class FedQSServerState(NamedTuple):
   theta: jnp.ndarray  # [N] float32 latest theta_j reported by each client (0: none)
   f_bar: jnp.ndarray  # [] mean of f_j > 0 (0: undefined)
   theta_bar: jnp.ndarray  # [] mean of theta_j > 0 (0: undefined)
+  optimizer: object  # FedQS-SGD's server optimizer state (() for FedQS-Avg)
 
 
 def _masked_mean(x: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
   return jnp.sum(jnp.where(mask, x, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+
+
+def pseudo_global_gradient(params: base.Params, prev_params: base.Params) -> base.Params:
+  """Mod 1: L_g = w^v - w^(v-1), the client's estimate of the last server step."""
+  return jax.tree.map(jnp.subtract, params, prev_params)
 
 
 def relative_frequency(freq: jnp.ndarray) -> jnp.ndarray:
@@ -234,7 +252,10 @@ def fedqs(
   if variant not in VARIANTS:
     raise ValueError(f"unknown FedQS variant {variant!r}; expected one of {VARIANTS}")
 
-  def init(params, num_clients):
+  def optimizer(h):
+    return base.server_sgd(h["server_lr"])
+
+  def init(params, num_clients, h):
     zeros = jnp.zeros((num_clients,), jnp.float32)
     clients = FedQSClientState(
       prev_update=jax.tree.map(lambda x: jnp.zeros((num_clients, *x.shape), x.dtype), params),
@@ -245,12 +266,18 @@ def fedqs(
       g=zeros,
       feedback=jnp.zeros((num_clients,), bool),
     )
-    server = FedQSServerState(freq=zeros, theta=zeros, f_bar=zeros[0], theta_bar=zeros[0])
+    server = FedQSServerState(
+      freq=zeros,
+      theta=zeros,
+      f_bar=zeros[0],
+      theta_bar=zeros[0],
+      optimizer=optimizer(h).init(params) if variant == "sgd" else (),
+    )
     return server, clients
 
   def client_begin(row: FedQSClientState, server: FedQSServerState, b: base.Broadcast, h):
     # Mod 1: pseudo-global gradient and dissimilarity to the previous local update.
-    pseudo_gradient = jax.tree.map(jnp.subtract, b.params, b.prev_params)
+    pseudo_gradient = pseudo_global_gradient(b.params, b.prev_params)
     theta = jnp.where(
       row.has_prev, similarity.dissimilarity(similarity_fn, row.prev_update, pseudo_gradient), 0.0
     )
@@ -283,7 +310,7 @@ def fedqs(
       momentum_sum=c.momentum,
       theta_sum=theta,
     )
-    return base.LocalSettings(lr=c.lr, momentum=c.momentum), row, info
+    return base.LocalTask(lr=c.lr, momentum=c.momentum), row, info
 
   def client_end(row: FedQSClientState, b: base.Broadcast, trained, h):
     del h
@@ -311,8 +338,9 @@ def fedqs(
       feedback_weight=feedback_weight,
     )
     mixed = base.weighted_sum(p, up["upload"])
+    opt_state = server.optimizer
     if variant == "sgd":
-      new = jax.tree.map(lambda w, d: w + h["server_lr"] * d, params, mixed)
+      new, opt_state = base.server_step(optimizer(h), params, mixed, opt_state)
     else:
       new = base.tree_where(jnp.sum(p) > 0, mixed, params)
     theta = server.theta.at[arrivals.client].set(up["theta"])
@@ -322,7 +350,7 @@ def fedqs(
       "f_bar": f_bar,
       "theta_bar": theta_bar,
     }
-    return new, FedQSServerState(freq, theta, f_bar, theta_bar), metrics
+    return new, FedQSServerState(freq, theta, f_bar, theta_bar, opt_state), metrics
 
   return base.Algorithm(
     name=f"fedqs_{variant}",
@@ -333,15 +361,14 @@ def fedqs(
   )
 
 
-def hparams_from(config: ml_collections.ConfigDict) -> base.HParams:
-  c = config.fedqs
-  return {name: float(c[name]) for name in DEFAULT_HPARAMS}
+def _check(c) -> None:
+  check(c.lr_min <= c.lr_max, "fedqs.lr_min", c.lr_min, f"must be <= fedqs.lr_max={c.lr_max}")
 
 
-def builder(variant: str):
-  def from_config(config: ml_collections.ConfigDict) -> tuple[base.Algorithm, base.HParams]:
-    c = config.fedqs
-    algo = fedqs(
+def _spec(variant: str) -> base.AlgorithmSpec:
+  def build(c, ctx):
+    del ctx
+    return fedqs(
       variant=variant,
       similarity_fn=c.similarity,
       use_momentum=c.momentum,
@@ -350,6 +377,18 @@ def builder(variant: str):
       base_weights=c.base_weights,
       feedback_weight=c.feedback_weight,
     )
-    return algo, hparams_from(config)
 
-  return from_config
+  return base.AlgorithmSpec(
+    name=f"fedqs_{variant}",
+    section="fedqs",
+    build=build,
+    # FedQS-Avg replaces the model: it has no server step and no server_lr.
+    hparams=HPARAMS if variant == "sgd" else {k: v for k, v in HPARAMS.items() if k != "server_lr"},
+    options=OPTIONS,
+    check=_check,
+    needs_validation_data=True,
+    doc=f"FedQS-{variant.upper() if variant == 'sgd' else 'Avg'} (Mods 1-3, ablation switches)",
+  )
+
+
+SPECS = (_spec("sgd"), _spec("avg"))

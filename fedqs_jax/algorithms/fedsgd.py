@@ -7,27 +7,38 @@ Each client uploads Delta_i = w_i - w^(v_i); the server steps
 
 from __future__ import annotations
 
-import jax
-import ml_collections
-
 from fedqs_jax.algorithms import base
 
 
 def fedsgd() -> base.Algorithm:
+  def optimizer(hparams):
+    return base.server_sgd(hparams["server_lr"])
+
+  def init(params, num_clients, hparams):
+    del num_clients
+    return optimizer(hparams).init(params), ()
+
   def aggregate(server_state, params, arrivals: base.Arrivals, hparams):
     weights = base.data_size_weights(arrivals.num_examples)
-    step = base.weighted_sum(weights, arrivals.payload)
-    new = jax.tree.map(lambda w, d: w + hparams["server_lr"] * d, params, step)
+    direction = base.weighted_sum(weights, arrivals.payload)
+    new, server_state = base.server_step(optimizer(hparams), params, direction, server_state)
     return new, server_state, {}
 
   return base.Algorithm(
     name="fedsgd",
-    init=base.stateless_init,
+    init=init,
     client_begin=base.default_begin,
     client_end=base.upload_update,
     aggregate=aggregate,
   )
 
 
-def from_config(config: ml_collections.ConfigDict) -> tuple[base.Algorithm, base.HParams]:
-  return fedsgd(), {"server_lr": config.fedsgd.server_lr}
+SPECS = (
+  base.AlgorithmSpec(
+    name="fedsgd",
+    section="fedsgd",
+    build=lambda c, ctx: fedsgd(),
+    hparams={"server_lr": (1.0, base.POSITIVE)},
+    doc="update aggregation weighted by data size, server SGD",
+  ),
+)

@@ -38,10 +38,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from fedqs_jax import schedule
 from fedqs_jax.algorithms import base
 
 
@@ -60,15 +58,16 @@ def gen_async_sgd(routing: np.ndarray) -> base.Algorithm:
   """
   weights = jnp.asarray(importance_weights(routing), jnp.float32)
 
-  def init(params, num_clients):
-    del params
-    return (), jnp.zeros((num_clients,), jnp.float32)
+  def optimizer(hparams):
+    return base.server_sgd(hparams["server_lr"])
+
+  def init(params, num_clients, hparams):
+    return optimizer(hparams).init(params), jnp.zeros((num_clients,), jnp.float32)
 
   def client_begin(client_state, server_state, broadcast: base.Broadcast, hparams):
-    del client_state
-    settings, _, _ = base.default_begin((), server_state, broadcast, hparams)
+    del client_state, server_state
     weight = weights[broadcast.client]  # fixed at dispatch
-    return settings, weight, {"importance_weight": weight}
+    return base.local_task(hparams), weight, {"importance_weight": weight}
 
   def client_end(client_state, broadcast: base.Broadcast, trained, hparams):
     del hparams
@@ -78,8 +77,8 @@ def gen_async_sgd(routing: np.ndarray) -> base.Algorithm:
 
   def aggregate(server_state, params, arrivals: base.Arrivals, hparams):
     k = arrivals.staleness.shape[0]
-    step = base.weighted_sum(jnp.full((k,), 1.0 / k), arrivals.payload)
-    new = jax.tree.map(lambda w, d: w + hparams["server_lr"] * d, params, step)
+    direction = base.weighted_sum(jnp.full((k,), 1.0 / k), arrivals.payload)
+    new, server_state = base.server_step(optimizer(hparams), params, direction, server_state)
     return new, server_state, {}
 
   return base.Algorithm(
@@ -91,9 +90,13 @@ def gen_async_sgd(routing: np.ndarray) -> base.Algorithm:
   )
 
 
-def from_config(config: ml_collections.ConfigDict) -> tuple[base.Algorithm, base.HParams]:
-  s = config.schedule
-  routing, _ = schedule.queueing_parameters(
-    s.get("routing"), s.get("concurrency", 0), config.data.num_clients
-  )
-  return gen_async_sgd(routing), {"server_lr": config.gen_async_sgd.server_lr}
+SPECS = (
+  base.AlgorithmSpec(
+    name="gen_async_sgd",
+    section="gen_async_sgd",
+    build=lambda c, ctx: gen_async_sgd(ctx.routing),
+    hparams={"server_lr": (1.0, base.POSITIVE)},
+    uses_routing=True,
+    doc="asynchronous SGD on a closed queueing network, importance-weighted by 1/(n p_i)",
+  ),
+)

@@ -1,0 +1,173 @@
+"""What a run reports: CSV rows, the console results table and the progress line.
+
+`rows` turns one algorithm's training result into long-form metrics rows (one per
+evaluation) and summary rows (one per grid entry); `results_table` is the table
+printed at the end (mean +- std over seeds); `Progress` prints one line per chunk with
+the job's ETA.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from fedqs_jax import metrics, sweep
+
+
+def window_metrics(result: dict, g: int, start: int, stop: int) -> dict[str, float]:
+  """The per-round metrics of rounds [start, stop) of seed g, summarised for one CSV row.
+
+  `dispatch_*` entries (sums over each round's dispatched clients) and step counts
+  are summed over the window, and a `dispatch_<x>_sum` also gives
+  `dispatch_<x>_mean` per dispatched client; other metrics are averaged.
+  """
+  out = {"train_loss": float(result["train_loss"][g, start:stop].mean())}
+  dispatched = float(result["dispatched"][g, start:stop].sum())
+  out["client_steps"] = int(result["client_steps"][g, start:stop].sum())
+  out["dispatched"] = int(dispatched)
+  for key, values in result.items():
+    per_round = (
+      isinstance(values, np.ndarray) and values.shape[1:2] == result["train_loss"].shape[1:2]
+    )
+    if key in out or not per_round or key in ("test_accuracy", "test_loss"):
+      continue
+    window = values[g, start:stop]
+    if key == "diverged":
+      out[key] = bool(window.any())
+    elif key.startswith("dispatch_"):
+      if key.endswith("_sum"):
+        out[key[: -len("_sum")] + "_mean"] = float(window.sum()) / max(dispatched, 1.0)
+      else:
+        out[key] = float(window.sum())
+    else:
+      out[key] = float(window.mean())
+  return out
+
+
+def rows(name, config, result, sched, static=None) -> tuple[list[dict], list[dict]]:
+  """Long-form metrics rows and summary rows of one algorithm (one per grid entry);
+  `static`: the group's static sweep values, a column each and part of the label."""
+  static = static or {}
+  eval_round = result["eval_round"]
+  staleness = np.asarray(sched.staleness)  # [seeds, T, K]
+  round_time = np.asarray(sched.round_time)  # [seeds, T]
+  swept = list(dict.fromkeys(k for p in sweep.points(config) for k in p))
+  metric_rows, summary_rows = [], []
+  for g, (point, seed, s) in enumerate(result["grid"]):
+    prev = 0
+    times = round_time[s, eval_round - 1]
+    columns = {
+      "sweep": sweep.label({**static, **point}),
+      **static,
+      **{k: point.get(k, "") for k in swept},
+    }
+    for e, r in enumerate(eval_round):
+      window = staleness[s, prev:r]
+      metric_rows.append(
+        {
+          "algorithm": name,
+          **columns,
+          "seed": seed,
+          "round": int(r),
+          "time": float(times[e]),
+          "test_accuracy": float(result["test_accuracy"][g, e]),
+          "test_loss": float(result["test_loss"][g, e]),
+          "staleness_mean": float(window.mean()),
+          "staleness_max": int(window.max()),
+          **window_metrics(result, g, prev, r),
+        }
+      )
+      prev = r
+    stats = metrics.summarize(eval_round, times, result["test_accuracy"][g], config.target_accuracy)
+    hit = np.flatnonzero(result["diverged"][g])
+    stats["diverged_round"] = int(hit[0]) + 1 if hit.size else ""
+    summary_rows.append({"algorithm": name, **columns, "seed": seed, **stats})
+  return metric_rows, summary_rows
+
+
+def curve_label(row: dict) -> str:
+  """What a row's curve is called: its algorithm, and its sweep point if any."""
+  return row["algorithm"] + (f"[{row['sweep']}]" if row.get("sweep") else "")
+
+
+def results_table(summary_rows: list[dict], target: float) -> str:
+  """The per-algorithm (and per-point) table, mean +- std over seeds, printed at the end."""
+  width = max([12] + [len(curve_label(r)) for r in summary_rows])
+  header = (
+    f"{'algorithm':<{width}} {'final acc':>16} {'best acc':>9} "
+    f"{f'rounds to {target:.0%}':>16} {f'time to {target:.0%}':>16} {'oscillation':>11}"
+  )
+  lines = [header, "-" * len(header)]
+  names = list(dict.fromkeys(curve_label(r) for r in summary_rows))
+  for name in names:
+    rows = [r for r in summary_rows if curve_label(r) == name]
+    final = np.array([r["final_accuracy"] for r in rows])
+    oscillation = np.mean([r["oscillation_std"] for r in rows])
+    best = np.array([r["best_accuracy"] for r in rows])
+
+    def reached(key, rows=rows):
+      vals = np.array([r[key] for r in rows])
+      ok = vals[np.isfinite(vals)]
+      return f"{ok.mean():.0f} ({len(ok)}/{len(vals)})" if ok.size else "never"
+
+    lines.append(
+      f"{name:<{width}} {100 * final.mean():>8.2f} +- {100 * final.std():>4.2f} "
+      f"{100 * best.mean():>9.2f} {reached('rounds_to_target'):>16} "
+      f"{reached('time_to_target'):>16} {100 * oscillation:>11.2f}"
+    )
+  return "\n".join(lines)
+
+
+class Progress:
+  """One progress line per chunk (at most every `every` seconds) with the job's ETA.
+
+  The first chunk of each algorithm includes its compile, so the ETA adds the mean
+  first-chunk time for each algorithm not started yet to the steady time per round
+  (later chunks) for the remaining rounds.
+  """
+
+  def __init__(
+    self, num_algorithms: int, rounds: int | list[int], stream=sys.stdout, every: float = 2.0
+  ):
+    """`rounds`: of every algorithm, or a list with the rounds of each run."""
+    self.num_algorithms, self.stream, self.every = num_algorithms, stream, every
+    self.total = sum(rounds) if isinstance(rounds, list) else num_algorithms * rounds
+    self.done, self.started = 0, 0
+    self.labels: set[str] = set()  # algorithms seen so far
+    self.first_chunks: list[float] = []  # seconds of each algorithm's first chunk
+    self.steady_seconds, self.steady_rounds = 0.0, 0
+    self.start = self.last = self.previous = time.perf_counter()
+
+  def eta(self, chunk_rounds: int) -> float | None:
+    """Seconds left; None until a chunk after a first one has been timed."""
+    if not self.steady_rounds:
+      return None if self.done < self.total else 0.0
+    per_round = self.steady_seconds / self.steady_rounds
+    unstarted = self.num_algorithms - self.started
+    compile_estimate = sum(self.first_chunks) / len(self.first_chunks) - per_round * chunk_rounds
+    return (self.total - self.done) * per_round + unstarted * max(compile_estimate, 0.0)
+
+  def update(self, label: str, rounds: int, chunk: int, num_chunks: int) -> None:
+    now = time.perf_counter()
+    if label not in self.labels:  # its first chunk in this process, compile included
+      self.labels.add(label)
+      self.started += 1
+      self.first_chunks.append(now - self.previous)
+      self.done += (chunk - 1) * rounds  # chunks restored from a checkpoint
+    else:
+      self.steady_seconds += now - self.previous
+      self.steady_rounds += rounds
+    self.previous = now
+    self.done += rounds
+    if chunk < num_chunks and now - self.last < self.every:
+      return
+    self.last = now
+    eta = self.eta(rounds)
+    print(
+      f"[{label}] chunk {chunk}/{num_chunks} | {self.done}/{self.total} rounds | "
+      f"{now - self.start:5.0f}s elapsed | ETA " + ("    ?" if eta is None else f"{eta:5.0f}s"),
+      file=self.stream,
+      flush=True,
+    )
