@@ -16,10 +16,8 @@ This file is intentionally short: the work is in `fedqs_jax.run`.
 import os
 
 from absl import flags, logging
-from ml_collections import config_flags
 
 from fedqs_jax import cli
-from fedqs_jax.errors import ConfigError
 
 _DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "default.py")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for the run's outputs.", required=True)
@@ -31,28 +29,7 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _CONFIG_FILE = []  # the --config file's path, set by `parse_flags`
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """Loads `--config=file[:arg]` and checks its `--config.<field>` overrides, then lets
-  absl parse the flags; any bad input is one `error:` line and exit 2, before anything runs.
-
-  (`config_flags.DEFINE_config_file` would load the file and apply the overrides when
-  this module is imported, where a bad override or a broken file is a traceback.)
-  """
-  try:
-    argv, spec = cli.split_config(argv, _DEFAULT)
-    config, path = cli.load_config(spec)
-    cli.check_overrides(config, argv)
-  except ConfigError as e:
-    cli.fail(e)
-  _CONFIG_FILE.append(path)
-  try:
-    config_flags.DEFINE_config_dict(
-      "config", config, "The experiment config: --config=file.py[:arg], default " + _DEFAULT,
-      sys_argv=argv,
-    )  # fmt: skip
-  except Exception as e:  # config_flags applies the overrides here
-    cli.fail(cli.flag_error(e))
-  return cli.parse_flags(argv)
+parse_flags = cli.config_parser(_DEFAULT, _CONFIG_FILE)
 
 
 def main(argv):

@@ -278,3 +278,34 @@ def check_writable_file(field: str, path: str) -> None:
   if os.path.lexists(path):
     check(os.path.isfile(path) and os.access(path, os.W_OK), field, path,
           "exists and is not a writable file")  # fmt: skip
+
+
+def config_parser(default: str, files: list[str]) -> Callable[[list[str]], list[str]]:
+  """The `flags_parser` of a CLI with a `--config=file.py[:arg]` flag (default `default`):
+  it loads the file and checks its `--config.<field>` overrides, then lets absl parse the
+  flags; any bad input is one `error:` line and exit 2, before anything runs. The file's
+  path is appended to `files`.
+
+  (`config_flags.DEFINE_config_file` would load the file and apply the overrides when the
+  CLI module is imported, where a bad override or a broken file is a traceback.)
+  """
+  from ml_collections import config_flags
+
+  def parse(argv: list[str]) -> list[str]:
+    try:
+      argv, spec = split_config(argv, default)
+      config, path = load_config(spec)
+      check_overrides(config, argv)
+    except ConfigError as e:
+      fail(e)
+    files.append(path)
+    try:
+      config_flags.DEFINE_config_dict(
+        "config", config, "The experiment config: --config=file.py[:arg], default " + default,
+        sys_argv=argv,
+      )  # fmt: skip
+    except Exception as e:  # config_flags applies the overrides here
+      fail(flag_error(e))
+    return parse_flags(argv)
+
+  return parse

@@ -13,9 +13,10 @@ import os
 import ml_collections
 import numpy as np
 
-from fedqs_jax import algorithms, data, models, schedule, sweep
+from fedqs_jax import algorithms, data, models, pretrained, schedule, sweep
 from fedqs_jax.engine import CLIENT_MODES, LOCAL_LOOPS, ROUND_MODES
 from fedqs_jax.errors import ConfigError, check, check_text_file
+from fedqs_jax.models import dual
 
 
 def algorithm_names(config: ml_collections.ConfigDict) -> list[str]:
@@ -141,6 +142,22 @@ def time_model(config: ml_collections.ConfigDict) -> schedule.TimeModel:
   )
 
 
+def _validate_warm_start(model: ml_collections.ConfigDict) -> None:
+  """`model.init_checkpoint` is a pretrained model's folder; FedSQ needs one and ReLU gates."""
+  folder = model.get("init_checkpoint", "")
+  if folder:
+    pretrained.metadata(folder)
+  if model.get("fedsq", False):
+    dual.validate_dual(model)
+    check(bool(folder), "model.init_checkpoint", folder,
+          "FedSQ (model.fedsq) fine-tunes a pretrained model: give the folder written by "
+          "python -m experiments.pretrain")  # fmt: skip
+    pool, norm = model.get("fedsq_pool", "structural"), model.get("fedsq_batch_norm", "batch")
+    check(pool in dual.POOL_MODES, "model.fedsq_pool", pool, f"must be one of {dual.POOL_MODES}")
+    check(norm in dual.BATCH_NORM_MODES, "model.fedsq_batch_norm", norm,
+          f"must be one of {dual.BATCH_NORM_MODES}")  # fmt: skip
+
+
 def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> None:
   """Raises `ConfigError` for the first invalid field; compiles nothing."""
   names = algorithm_names(config)
@@ -162,6 +179,8 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
             config.data.get("validation_fraction", 0.0),
             f"{base} needs per-client validation data: use e.g. 0.2")  # fmt: skip
   models.validate(config.model)
+  for name in names:  # a variant may switch FedSQ on for one algorithm
+    _validate_warm_start(resolve(name, config)[1].model)
   if config.model.name in models.IMAGE_MODELS:
     check(config.data.name in data.IMAGE_DATASETS, "model.name", config.model.name,
           f"{config.model.name} needs image data: data.name in {data.IMAGE_DATASETS}")  # fmt: skip

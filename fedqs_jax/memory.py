@@ -41,9 +41,13 @@ def estimate(
   hparams: dict,
   num_devices: int = 1,
   activation_bytes: int = 0,
+  constant_bytes: int = 0,
 ) -> dict[str, int]:
   """Bytes of one grid point's state, of the whole grid, of the shared data, and of
-  the busiest device (the grid axis is sharded over `num_devices`, the data replicated)."""
+  the busiest device (the grid axis is sharded over `num_devices`, the data replicated).
+
+  `constant_bytes`: arrays the model closes over (FedSQ's structural copy), counted once
+  with the data."""
   server, clients = jax.eval_shape(lambda p: algorithm.init(p, data.num_clients, hparams), params)
   payload = payload_shape(algorithm, params, clients, hparams)
   p = tree_bytes(params)
@@ -53,7 +57,7 @@ def estimate(
   # and one minibatch's activations (`activation_bytes`: inputs, intermediates, cotangents).
   training = train_width * (4 * p + activation_bytes)
   point += training
-  shared = tree_bytes(data)
+  shared = tree_bytes(data) + constant_bytes  # replicated on every device
   per_device = -(-grid_size // num_devices)
   return {
     "points": grid_size,

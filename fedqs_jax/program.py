@@ -22,9 +22,11 @@ import ml_collections
 
 from fedqs_jax import algorithms, memory, models, schedule, sweep
 from fedqs_jax import config as config_lib
+from fedqs_jax import pretrained as pretrained_lib
 from fedqs_jax.algorithms.base import LOCAL_HPARAMS, Algorithm
 from fedqs_jax.data.base import FederatedData
 from fedqs_jax.engine import Engine, ExecConfig, LocalConfig
+from fedqs_jax.models import dual
 
 # Independent PRNG streams of a seed (fold_in of the seed's root key).
 SCHEDULE_STREAM, INIT_STREAM, TRAIN_STREAM = 0, 1, 2
@@ -63,6 +65,7 @@ class ModelFns(NamedTuple):
   init: Callable  # (key, x) -> params pytree
   apply: Callable  # (params, x) -> logits, evaluation mode
   train: Callable  # (params, x, key) -> (logits, updated collections), training mode
+  constants: Any = None  # arrays the functions close over (FedSQ's structural copy)
 
 
 def model_fns(module: nn.Module, stateful: tuple[str, ...] = (), dropout: bool = False) -> ModelFns:
@@ -89,13 +92,62 @@ def model_fns(module: nn.Module, stateful: tuple[str, ...] = (), dropout: bool =
   return ModelFns(init, apply, train)
 
 
+def fedsq_fns(
+  module: nn.Module,
+  structural: Any,
+  init: Callable,
+  stateful: tuple[str, ...] = (),
+  dropout: bool = False,
+  pool: str = "structural",
+  batch_norm: str = "batch",
+) -> ModelFns:
+  """FedSQ's model transform: `module` in dual mode (`models.dual`), gated by the frozen
+  `structural` variables, a constant of the run (never trained, sent or stored per
+  client); the functions' params are the quantitative copy, trained and aggregated."""
+
+  def variables(p):
+    return p if stateful else {"params": p}
+
+  gates = variables(structural)
+
+  def apply(p, x):
+    return dual.dual_apply(module, gates, variables(p), x, pool=pool, batch_norm=batch_norm)
+
+  def train(p, x, key):
+    kw = dict(train=True, rngs={"dropout": key} if dropout else None, pool=pool,
+              batch_norm=batch_norm)  # fmt: skip
+    if stateful:
+      logits, state = dual.dual_apply(module, gates, variables(p), x, mutable=list(stateful), **kw)
+      return logits, dict(state)
+    return dual.dual_apply(module, gates, variables(p), x, **kw), {}
+
+  return ModelFns(init, apply, train, constants=structural)
+
+
 def config_model_fns(
-  config: ml_collections.ConfigDict, num_classes: int
+  config: ml_collections.ConfigDict, num_classes: int, sample: jnp.ndarray
 ) -> tuple[nn.Module, ModelFns]:
-  """The module of `config.model` and its functions."""
-  module = models.build(config.model, num_classes)
-  stateful = models.stateful_collections(config.model)
-  return module, model_fns(module, stateful, models.uses_dropout(config.model))
+  """The module of `config.model` and its functions: warm-started from
+  `model.init_checkpoint` if set, in FedSQ's dual mode if `model.fedsq`."""
+  m = config.model
+  module = models.build(m, num_classes)
+  stateful = models.stateful_collections(m)
+  fns = model_fns(module, stateful, models.uses_dropout(m))
+  if not m.get("init_checkpoint", ""):
+    return module, fns
+  head = dual.head_path(module, sample)
+  init, pretrained = pretrained_lib.warm_start(m.init_checkpoint, fns.init, sample, head)
+  if not m.get("fedsq", False):
+    return module, fns._replace(init=init)
+  return module, fedsq_fns(
+    module,
+    pretrained,
+    init,
+    stateful,
+    models.uses_dropout(m),
+    pool=m.get("fedsq_pool", "structural"),
+    batch_norm=m.get("fedsq_batch_norm", "batch"),
+  )
 
 
 def make_engine(
@@ -160,7 +212,7 @@ def build_program(
 ) -> Program:
   """The program of algorithm (or variant) `name` of `config` on `data`."""
   base_name, resolved = config_lib.resolve(name, config)
-  module, model = config_model_fns(resolved, data.num_classes)
+  module, model = config_model_fns(resolved, data.num_classes, data.x_train[:1])
   algorithm, own = algorithms.build(base_name, resolved, config_lib.build_context(resolved))
   loc = resolved.local
   hparams = {**{k: float(loc[k]) for k in LOCAL_HPARAMS}, **own}
@@ -184,9 +236,9 @@ def memory_estimate(
     v = p if stateful else {"params": p}
     return module.apply(v, x, capture_intermediates=True, mutable=["intermediates"])[1]
 
-  activations = memory.tree_bytes(batch) + 2 * memory.tree_bytes(
-    jax.eval_shape(intermediates, params, batch)
-  )
+  outputs = memory.tree_bytes(jax.eval_shape(intermediates, params, batch))
+  # Inputs, every output and its cotangent; FedSQ adds the structural forward pass.
+  activations = memory.tree_bytes(batch) + (2 + (program.model.constants is not None)) * outputs
   return memory.estimate(
     program.algorithm,
     params,
@@ -197,6 +249,8 @@ def memory_estimate(
     hparams=program.hparams,
     num_devices=jax.device_count(),
     activation_bytes=activations,
+    # FedSQ's structural copy: once per device, and a second forward pass per minibatch.
+    constant_bytes=memory.tree_bytes(program.model.constants),
   )
 
 

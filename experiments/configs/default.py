@@ -38,6 +38,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.name = "mlp"
   config.model.hidden = (64,)
   config.model.channels = (16, 32)
+  # Warm start: a folder written by `python -m experiments.pretrain` ("" = random init).
+  config.model.init_checkpoint = ""
+  # FedSQ (spec/FEDSQ.md): train the model in dual mode, gated by the frozen pretrained copy;
+  # combines with every algorithm (as a variant: {"base": "fedavg", "model": {"fedsq": True}}).
+  config.model.fedsq = False
+  config.model.fedsq_pool = "structural"  # max-pool at the structural argmax | "normal"
+  config.model.fedsq_batch_norm = "batch"  # batch statistics | "frozen" pretrained ones
 
   config.schedule = ml_collections.ConfigDict()
   config.schedule.protocol = "semi_async"
