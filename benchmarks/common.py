@@ -64,10 +64,9 @@ def measure_schedule(
 
   `protocol_kwargs` go to the protocol (e.g. `concurrency`, `routing` for queueing).
   """
-  from fedqs_jax import run as run_lib
-  from fedqs_jax import schedule
+  from fedqs_jax import program, schedule
 
-  keys = run_lib.seed_keys(list(range(seeds)), run_lib.SCHEDULE_STREAM)
+  keys = program.seed_keys(list(range(seeds)), program.SCHEDULE_STREAM)
   kwargs = dict(protocol=protocol, num_rounds=num_rounds, buffer_size=k, **protocol_kwargs)
   if protocol == "tick":  # the capacity `schedule.build` uses (from the known latencies)
     kwargs["buffer_capacity"] = schedule.estimated_tick_capacity(

@@ -30,9 +30,12 @@ Measured:
 
   python benchmarks/throughput.py --skip=mlp,cnn,schedule   # only the LSTM (~2 minutes)
 
-The engine, schedule, hyperparameters and initial state are built exactly as
-`fedqs_jax.run.train` builds them. The baselines start from the engine's initial state (the
-version-0 tasks already trained) and run the first rounds of the same schedule.
+The program (model functions, algorithm, hyperparameters, engine), schedule and initial state
+are built by `fedqs_jax.program`, as `fedqs_jax.run.train` builds them; an execution mode is
+set on the config before `build_program`. The baselines train the same model functions
+(training mode: BatchNorm statistics, dropout) with the engine's local optimizer, start from
+the engine's initial state (the version-0 tasks already trained) and run the first rounds of
+the same schedule.
 """
 
 from __future__ import annotations
@@ -55,12 +58,11 @@ import optax
 from common import loadavg, measure_schedule, table, timed, version
 
 from experiments.configs import default as default_config
-from fedqs_jax import algorithms, models, schedule
 from fedqs_jax import config as config_lib
 from fedqs_jax import data as data_lib
-from fedqs_jax import run as run_lib
-from fedqs_jax.algorithms.base import LocalSettings
-from fedqs_jax.engine import cross_entropy
+from fedqs_jax import program, schedule
+from fedqs_jax.algorithms.base import local_task
+from fedqs_jax.engine import cross_entropy, local_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_LATENCY_FILE = os.path.join(
@@ -180,7 +182,7 @@ def xla_flops(fn, *args) -> float:
 
 
 # ---------------------------------------------------------------------------
-# The workload, built like `fedqs_jax.run.train`.
+# The workload: FedAvg's program (`fedqs_jax.program`), as `fedqs_jax.run.train` builds it.
 
 
 @dataclasses.dataclass
@@ -188,26 +190,18 @@ class Workload:
   config: Any
   data: data_lib.FederatedData
   sched: schedule.Schedule
-  module: Any
-  algorithm: Any
-  hparams: dict
-  arrays: Any
+  model: program.ModelFns  # the program's model functions (what the engine trains)
+  hparams: dict  # [G] each
   params: Any  # [G] initial global model
   init_state: Any = None  # [G] SimState after `engine.init` (version-0 tasks trained)
   init_seconds: float = float("nan")
 
-  def apply_fn(self, params, x):
-    return self.module.apply({"params": params}, x)
-
   def engine(self, mode: Mode = DEFAULT_MODE, chunk: int = 10):
+    """The program's engine in execution `mode`, `chunk` rounds per call."""
     c = self.config.copy_and_resolve_references()
-    c.engine.client_mode, c.engine.round_mode = mode.client_mode, mode.round_mode
-    c.engine.local_unroll, c.engine.eval_every = mode.local_unroll, chunk
-    if "local_loop" in c.engine:
-      c.engine.local_loop = mode.local_loop
-    elif mode.local_loop != "scan":
-      raise SystemExit(f"this engine has no local_loop option (asked for {mode.label})")
-    return run_lib.make_engine(c, self.algorithm, self.apply_fn, self.data, self.sched.num_slots)
+    c.engine.update(mode._asdict())
+    c.engine.eval_every = chunk
+    return program.build_program(c, "fedavg", self.data, self.sched.num_slots).engine
 
   def task_steps(self, clients: np.ndarray) -> np.ndarray:
     """Real local steps of tasks of `clients`: E * ceil(n_i / B), or `local.steps`."""
@@ -253,26 +247,24 @@ def workload_from_config(c, num_rounds: int, num_seeds: int = 1) -> Workload:
   c.engine.eval_every = 1  # validated here; engines set their own chunk
   config_lib.validate(c)
   data = data_lib.load(c.data, c.data.seed)
-  sched = run_lib.make_schedule(c)
-  module = models.build(c.model, data.num_classes)
-  algorithm, algo_hparams = algorithms.build("fedavg", c)
+  sched = program.make_schedule(c)
+  prog = program.build_program(c, "fedavg", data, sched.num_slots)
   seeds = config_lib.seeds(c)
-  hparams = run_lib.grid_hparams(c, algo_hparams, len(seeds))
-  sample = data.x_train[:1]
-  params = jax.vmap(lambda k: module.init(k, sample)["params"])(
-    run_lib.seed_keys(seeds, run_lib.INIT_STREAM)
+  hparams = prog.grid_hparams([{}] * len(seeds))
+  params = jax.vmap(lambda k: prog.model.init(k, data.x_train[:1]))(
+    program.seed_keys(seeds, program.INIT_STREAM)
   )
-  w = Workload(c, data, sched, module, algorithm, hparams, data, params)
+  w = Workload(c, data, sched, prog.model, hparams, params)
   engine = w.engine()  # the default mode builds the initial state for every mode
   w.init_state, w.init_seconds = timed(
     engine.init,
-    run_lib.seed_keys(seeds, run_lib.TRAIN_STREAM),
+    program.seed_keys(seeds, program.TRAIN_STREAM),
     params,
     sched.init_client,
     sched.init_slot,
     sched.init_mask,
     hparams,
-    w.arrays,
+    data,
   )
   return w
 
@@ -289,7 +281,7 @@ def measure_engine(w: Workload, rounds: int, chunk: int, mode: Mode = DEFAULT_MO
   state = copy_tree(w.init_state)
 
   def call(state, index):
-    state, per_round, evaluation = engine.run_chunk(state, w.sched.events(), w.hparams, w.arrays)
+    state, per_round, evaluation = engine.run_chunk(state, w.sched.events(), w.hparams, w.data)
     jax.device_get(evaluation)  # what `train` does after every chunk
     return state, per_round
 
@@ -372,8 +364,7 @@ def baseline_a(w: Workload, rounds: int, mode: Mode = DEFAULT_MODE) -> dict:
   @jax.jit
   def local(params, client, key, version, slot, hparams, data):
     key = jax.random.fold_in(jax.random.fold_in(key, version), slot)
-    settings = LocalSettings(lr=hparams["lr"], momentum=hparams["momentum"])
-    trained, stats = engine.local_train(params, settings, client, key, hparams, data)
+    trained, stats = engine.local_train(params, local_task(hparams), client, key, hparams, data)
     return trained, stats.steps
 
   params, payloads, key = host_start(w)
@@ -382,9 +373,7 @@ def baseline_a(w: Workload, rounds: int, mode: Mode = DEFAULT_MODE) -> dict:
 
   # Compile both functions (results discarded).
   t0 = now()
-  jax.block_until_ready(
-    local(params, np.int32(0), key, np.int32(1), np.int32(0), hparams, w.arrays)
-  )
+  jax.block_until_ready(local(params, np.int32(0), key, np.int32(1), np.int32(0), hparams, w.data))
   jax.block_until_ready(fedavg_aggregate(params, tuple(payloads[:k]), ev["arrival_weight"][0]))
   compile_s = now() - t0
 
@@ -396,7 +385,7 @@ def baseline_a(w: Workload, rounds: int, mode: Mode = DEFAULT_MODE) -> dict:
     version = np.int32(t + 1)
     for client, slot, real in dispatches(ev, t):
       if real:
-        payloads[slot], n = local(params, client, key, version, slot, hparams, w.arrays)
+        payloads[slot], n = local(params, client, key, version, slot, hparams, w.data)
         steps.append(n)
   jax.block_until_ready((params, payloads, steps))
   seconds = now() - t0
@@ -414,20 +403,27 @@ def baseline_a(w: Workload, rounds: int, mode: Mode = DEFAULT_MODE) -> dict:
 
 
 def baseline_b(w: Workload, rounds: int) -> dict:
-  """Python loops over clients and minibatches, one jitted optax SGD step per minibatch."""
+  """Python loops over clients and minibatches, one jitted optax SGD step per minibatch.
+
+  The step is the engine's: the model in training mode (dropout keyed per step, updated
+  BatchNorm statistics merged into the parameters) and its local optimizer.
+  """
   cfg = w.config.local
   b, epochs = cfg.batch_size, cfg.epochs
-  opt = optax.chain(optax.clip_by_global_norm(cfg.clip), optax.sgd(cfg.lr, momentum=cfg.momentum))
-  apply_fn = w.apply_fn
+  opt = local_optimizer(cfg.lr, cfg.momentum, cfg.clip)
 
-  def loss_fn(params, x, y, m):
-    return cross_entropy(apply_fn(params, x), y, m)
+  def loss_fn(params, x, y, m, key):
+    logits, model_state = w.model.train(params, x, key)
+    return cross_entropy(logits, y, m), model_state
 
   @jax.jit
-  def train_step(params, opt_state, x, y, m):
-    loss, grads = jax.value_and_grad(loss_fn)(params, x, y, m)
+  def train_step(params, opt_state, x, y, m, key, step):
+    (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      params, x, y, m, jax.random.fold_in(key, step)
+    )
     updates, opt_state = opt.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+    params = optax.apply_updates(params, updates)
+    return ({**params, **model_state} if model_state else params), opt_state, loss
 
   opt_init = jax.jit(opt.init)
   x_train, y_train = np.asarray(w.data.x_train), np.asarray(w.data.y_train)
@@ -449,13 +445,13 @@ def baseline_b(w: Workload, rounds: int) -> dict:
         x[: len(sel)], y[: len(sel)] = x_train[sel], y_train[sel]
         yield x, y, m
 
-  params, payloads, _ = host_start(w)
+  params, payloads, key = host_start(w)
   ev = schedule_rows(w, rounds)
   k = ev["arrival_slot"].shape[1]
 
   t0 = now()
   x, y, m = next(batches(int(np.argmax(count))))
-  jax.block_until_ready(train_step(params, opt_init(params), x, y, m))
+  jax.block_until_ready(train_step(params, opt_init(params), x, y, m, key, np.int32(0)))
   jax.block_until_ready(fedavg_aggregate(params, tuple(payloads[:k]), ev["arrival_weight"][0]))
   compile_s = now() - t0
 
@@ -469,7 +465,7 @@ def baseline_b(w: Workload, rounds: int) -> dict:
         continue
       local, opt_state = params, opt_init(params)
       for x, y, m in batches(client):
-        local, opt_state, _ = train_step(local, opt_state, x, y, m)
+        local, opt_state, _ = train_step(local, opt_state, x, y, m, key, np.int32(steps))
         steps += 1
       payloads[slot] = local
   jax.block_until_ready((params, payloads))
@@ -498,10 +494,11 @@ def mlp_step_flops(params, batch_size: int) -> float:
 
 
 def model_step_flops(w: Workload) -> float:
-  """~3 x XLA's forward FLOPs on one minibatch (any model)."""
+  """~3 x XLA's training-mode forward FLOPs on one minibatch (any model)."""
   params = jax.tree.map(lambda x: x[0], w.params)
   x = jnp.zeros((w.config.local.batch_size, *w.data.feature_shape), w.data.x_train.dtype)
-  return 3.0 * xla_flops(w.apply_fn, params, x)
+  key = jax.random.PRNGKey(0)
+  return 3.0 * xla_flops(lambda p, x: w.model.train(p, x, key)[0], params, x)
 
 
 def matmul_peaks(quick: bool) -> dict:
