@@ -7,7 +7,7 @@
 Each section runs in its own Python subprocess (`--child`), so that its compiles are cold and
 its memory is measured from a fresh allocator. For every configuration the child builds the
 grid exactly as `fedqs_jax.run.train` does on one device (sweep points x seeds on the leading
-axis G, one `Engine`), then:
+axis G, `fedqs_jax.program.build_program`'s engine), then:
 
   1. compiles `engine.init` and `engine.run_chunk` ahead of time (`.lower(...).compile()`,
      timed), counting traces (`engine.traces`) and XLA backend compiles (`jax.monitoring`'s
@@ -32,7 +32,7 @@ Sections:
 
   grid   digits, N = 100, Dirichlet 0.1, semi_async K = 10, MLP (64), batch 32, 2 local
          epochs, FedAvg, one seed; a sweep of G log-spaced learning rates in [0.02, 0.2]
-         (`config.sweep.lr`), G = 1, 8, 64. All points share the seed, hence the schedule
+         (`config.sweep.local.lr`), G = 1, 8, 64. All points share the seed, hence the schedule
          and the local step counts: the grid does exactly G times the solo work. Blocks
          hold 64 / G chunks, the same work for every G. Solo baseline: the G = 1 run, the
          grid's first point alone (two more points of the 64-point sweep are timed on the
@@ -47,7 +47,7 @@ Sections:
          every client's data to the test set, which would make the evaluation, and its
          unrolled compile, grow with N). What grows with N is the state, N payload slots
          (semi_async keeps every client busy), and the data. Target: flat per-round time.
-  memory the estimator (`fedqs_jax.run.memory_estimate`, G x per point) against the
+  memory the estimator (`fedqs_jax.program.memory_estimate`, G x per point) against the
          measured peak of every configuration above and of FedQS-Avg at the largest N
          (its [N, P] client state), with the exact state bytes (`SimState` arrays) and
          XLA's buffer assignment (`compiled.memory_analysis()`) of init and of the chunk.
@@ -194,7 +194,7 @@ def child_config(spec: dict):
   c.schedule.buffer_size = spec["buffer_size"]
   c.local.steps = spec["steps"]
   c.engine.eval_every = spec["chunk"]
-  c.sweep.lr = ",".join(f"{v:.6g}" for v in spec["lrs"])
+  c.sweep.local.lr = ",".join(f"{v:.6g}" for v in spec["lrs"])
   return c
 
 
@@ -208,21 +208,19 @@ class Entry:
 
     from fedqs_jax import config as config_lib
     from fedqs_jax import data as data_lib
-    from fedqs_jax import memory
-    from fedqs_jax import run as run_lib
+    from fedqs_jax import memory, program
 
     self.spec, out = spec, {"spec": spec}
     self.out = out
     built = time.perf_counter()
     config = child_config(spec)
     config_lib.validate(config)
-    name = spec["algorithm"]
     t0 = time.perf_counter()
     data = data_lib.load(config.data, config.data.seed)
     if spec["test_cap"] and data.x_test.shape[0] > spec["test_cap"]:
       cap = spec["test_cap"]
       data = data.replace(x_test=data.x_test[:cap], y_test=data.y_test[:cap])
-    sched = run_lib.make_schedule(config)
+    sched = program.make_schedule(config)
     jax.block_until_ready((data, sched))
     out["data_schedule_s"] = time.perf_counter() - t0
     out["data"] = {
@@ -233,26 +231,19 @@ class Entry:
       "max_client_size": data.max_client_size,
       "slots": sched.num_slots,
     }
-    estimate = run_lib.memory_estimate(config, name, data, sched)
-
     # The grid, as `run.train` builds it (one device: no padding, no sharding).
-    config, module, algorithm, algo_hparams, points = run_lib.algorithm_setup(
-      config, name, data.num_classes
-    )
-    seeds = config_lib.seeds(config)
-    grid = [(point, s) for point in points for s in range(len(seeds))]
+    prog = program.build_program(config, spec["algorithm"], data, sched.num_slots)
+    estimate = program.memory_estimate(prog, data, sched)
+    seeds = config_lib.seeds(prog.config)
+    grid = [(point, s) for point in prog.points for s in range(len(seeds))]
     seed_index = np.array([s for _, s in grid])
-    hparams = run_lib.grid_hparams(config, algo_hparams, len(grid), [p for p, _ in grid])
+    hparams = prog.grid_hparams([p for p, _ in grid])
     sched = jax.tree.map(lambda x: x[seed_index], sched)
     grid_seeds = [seeds[s] for s in seed_index]
-    init_keys = run_lib.seed_keys(grid_seeds, run_lib.INIT_STREAM)
-    train_keys = run_lib.seed_keys(grid_seeds, run_lib.TRAIN_STREAM)
-
-    def apply_fn(params, x):
-      return module.apply({"params": params}, x)
-
-    engine = run_lib.make_engine(config, algorithm, apply_fn, data, sched.num_slots)
-    params = jax.vmap(lambda k: module.init(k, data.x_train[:1])["params"])(init_keys)
+    init_keys = program.seed_keys(grid_seeds, program.INIT_STREAM)
+    train_keys = program.seed_keys(grid_seeds, program.TRAIN_STREAM)
+    engine = prog.engine
+    params = jax.vmap(lambda k: prog.model.init(k, data.x_train[:1]))(init_keys)
     events = sched.events()
     init_args = (train_keys, params, sched.init_client, sched.init_slot, sched.init_mask)
     jax.block_until_ready((params, events, hparams))
@@ -620,7 +611,7 @@ def memory_section(all_runs: list[dict], report: list[str]) -> dict:
   report.append(
     "== 3. peak memory vs the estimator (MiB) ==\n"
     + table(MEMORY_HEADER, rows)
-    + "\n   estimate = run.memory_estimate(...)['grid'] = state (2P + slots x payload + client"
+    + "\n   estimate = program.memory_estimate(...)['grid'] = state (2P + slots x payload + client"
     "\n   and server state, exact) + working set (widest dispatch x (4P + one minibatch's"
     "\n   activations): the version-0 one, all N clients). live state = bytes of the SimState"
     "\n   arrays after init. RSS kept = VmRSS after init + warm-up chunk - VmRSS before init."
