@@ -22,7 +22,8 @@ def summarize(
     final_window: the final accuracy is the mean of this many last evaluations.
 
   Returns:
-    final_accuracy, best_accuracy, rounds_to_target and time_to_target (NaN if never
+    final_accuracy, best_accuracy, rounds_to_best (the first evaluation at the best
+    accuracy: FedSQ's "rounds to BVA"), rounds_to_target and time_to_target (NaN if never
     reached), oscillation_std (std over the last 20% of evaluations) and
     mean_abs_change (mean |acc_e - acc_(e-1)| over all evaluations).
   """
@@ -32,6 +33,7 @@ def summarize(
   return {
     "final_accuracy": float(accuracy[-final_window:].mean()),
     "best_accuracy": float(accuracy.max()),
+    "rounds_to_best": float(rounds[int(np.argmax(accuracy))]),
     "rounds_to_target": float(rounds[hit[0]]) if hit.size else float("nan"),
     "time_to_target": float(times[hit[0]]) if hit.size else float("nan"),
     "oscillation_std": float(tail.std()),
