@@ -44,6 +44,35 @@ Protocols (all return a `Schedule`):
 Time models (`TimeModel`): per-client mean latencies with a per-task
 distribution: `deterministic` (the latency itself), `exponential` (mean =
 latency) or `lognormal` (mean = latency, log-std `sigma`).
+
+Simulated time: a rebased clock. The clock is `epoch * delta + residual`: an
+int32 epoch count and a float32 residual in [0, delta), where delta
+(`epoch_length`) is a power of two 2^10 to 2^11 times the fastest mean latency.
+After every event (queueing: every completion; semi_async and sync: every
+round) the residual is reduced to [0, delta) and the event loop's times are
+shifted by the same multiple of delta, which is exact in float32 (the shifted
+times are >= the shift and their spacing is <= delta). So every comparison and
+every `now + service` happens in numbers below delta + a service time, with the
+same float32 precision at any run length: the precision a run shorter than delta
+had before
+(a float32 absolute clock, whose spacing at t ~ 2^19 is 1/16, reordered the
+completions of clients with a mean service of 1/4). Runs shorter than delta
+never rebase and are bit-identical to that float32 clock. `queueing` shifts
+lazily to keep an event O(sqrt N): each block of finish times counts from the
+epoch of its last update and is shifted when touched; the blocks' minima are
+shifted for the argmin (O(B), like the argmin itself). The reported
+`arrival_time` / `round_time` are the clock rounded once to float32 (correctly
+rounded while epoch < 2^24; epoch >= 2^30 is reported as an overflow). `tick`
+counts integer ticks (int32), exact as before.
+
+Why not float64 (`jax.enable_x64` scoped to the schedule; x64 stays off
+globally): the scoped flag is fragile under jit/vmap/scan (with JAX 0.10,
+`jax.random` traced inside it fails on uint32 vs uint64 bits, so every draw
+must move outside it and every dtype be pinned, or the draws change), and a
+float64 clock is not bit-identical to the float32 one even for short runs
+(float32 sums round differently), while the rebased clock is: existing
+schedules, and the plain-Python references they are checked against, do not
+change. Both are exact enough for any run length memory allows.
 """
 
 from __future__ import annotations
@@ -110,7 +139,8 @@ class Schedule:
     arrival_client: [T, K] int32 clients aggregated in round t, FIFO order.
     arrival_slot: [T, K] int32 payload slots read in round t.
     arrival_version: [T, K] int32 versions those tasks were dispatched with.
-    arrival_time: [T, K] float32 when each task reached the server.
+    arrival_time: [T, K] float32 when each task reached the server (the rebased clock
+      rounded once; see "Simulated time" in the module docstring).
     staleness: [T, K] int32 `t - arrival_version`, never negative.
     round_time: [T] float32 simulated time of aggregation t (non-decreasing).
     dispatch_client: [T, D] int32 clients dispatched with version t + 1.
@@ -174,6 +204,49 @@ class RoundEvents(NamedTuple):
 
 
 # ---------------------------------------------------------------------------
+# The clock (module docstring, "Simulated time"): time = epoch * delta + residual.
+
+EPOCH_BITS = 10  # delta is 2^10 to 2^11 times the fastest mean latency
+MAX_EPOCH = 2**30  # more epochs would overflow the int32 epoch counter: reported as overflow
+
+
+def epoch_length(latency: jnp.ndarray) -> jnp.ndarray:
+  """delta: the power of two the clock rebases by, 2^10 to 2^11 times the fastest latency.
+
+  The scale is the fastest mean latency (the smallest positive one), but at least 2^-20
+  times the slowest, so that every service time stays far below 2^24 delta (where the
+  rebase would stop being exact). [N] float32 -> [] float32, traced.
+  """
+  latency = jnp.asarray(latency, jnp.float32)
+  fastest = jnp.min(jnp.where(latency > 0, latency, jnp.inf))
+  scale = jnp.maximum(fastest, jnp.max(latency) * 2.0**-20)
+  scale = jnp.where(jnp.isfinite(scale) & (scale > 0), scale, 1.0)
+  _, exponent = jnp.frexp(scale)  # scale < 2^exponent <= 2 scale
+  return jnp.ldexp(jnp.float32(1.0), exponent + EPOCH_BITS)
+
+
+def rebase(epoch, residual, delta):
+  """The same time with the residual reduced to [0, delta): (epoch, residual, shift).
+
+  `shift = residual - new residual` is a multiple of delta; subtracting it from any time
+  t >= shift with t < 2^24 delta is exact in float32 (t's spacing is <= delta, and the
+  difference is a smaller multiple of it). Non-finite residuals are left as they are.
+  """
+  q = jnp.where(jnp.isfinite(residual), jnp.floor(residual / delta), 0.0)
+  shift = q * delta
+  return epoch + q.astype(jnp.int32), residual - shift, shift
+
+
+def absolute_time(epoch, residual, delta):
+  """epoch * delta + residual rounded once to float32 (the `Schedule` time fields).
+
+  Exact product while epoch < 2^24, so this is the clock correctly rounded; with epoch = 0
+  it is the residual itself.
+  """
+  return epoch.astype(jnp.float32) * delta + residual
+
+
+# ---------------------------------------------------------------------------
 # Protocols. Each is a pure function of a PRNG key (vmappable over keys).
 
 
@@ -191,8 +264,10 @@ def _sync(key, time_model: TimeModel, num_rounds: int, clients_per_round: int) -
     clients = participants(k_pick)
     return clients, time_model.sample(k_time, clients)
 
+  delta = epoch_length(time_model.latency)
+
   def step(carry, r):
-    clock, clients, service = carry
+    epoch, clock, clients, service = carry  # the time of the last aggregation (rebased)
     order = jnp.argsort(service, stable=True)  # FIFO: earliest arrival first
     arrivals = clients[order]
     arrival_time = clock + service[order]
@@ -202,23 +277,24 @@ def _sync(key, time_model: TimeModel, num_rounds: int, clients_per_round: int) -
       arrival_client=arrivals,
       arrival_slot=slots[order],
       arrival_version=jnp.full((m,), r, jnp.int32),
-      arrival_time=arrival_time,
-      round_time=now,
+      arrival_time=absolute_time(epoch, arrival_time, delta),
+      round_time=absolute_time(epoch, now, delta),
       dispatch_client=next_clients,
       dispatch_slot=slots,
     )
-    return (now, next_clients, next_service), out
+    epoch, now, _ = rebase(epoch, now, delta)
+    return (epoch, now, next_clients, next_service), out
 
   clients0, service0 = draw(0)
-  init = (jnp.zeros((), jnp.float32), clients0, service0)
-  _, out = jax.lax.scan(step, init, jnp.arange(num_rounds, dtype=jnp.int32))
+  init = (jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32), clients0, service0)
+  final, out = jax.lax.scan(step, init, jnp.arange(num_rounds, dtype=jnp.int32))
   return _assemble(
     out,
     init_client=clients0,
     init_slot=slots,
     init_mask=jnp.ones((m,), bool),
     dispatch_mask=jnp.ones((num_rounds, m), bool),
-    overflow=jnp.zeros((), bool),
+    overflow=final[0] >= MAX_EPOCH,
   )
 
 
@@ -226,8 +302,10 @@ def _semi_async(key, time_model: TimeModel, num_rounds: int, buffer_size: int) -
   n, k = time_model.num_clients, buffer_size
   clients = jnp.arange(n, dtype=jnp.int32)
 
+  delta = epoch_length(time_model.latency)
+
   def step(carry, r):
-    finish, version = carry
+    epoch, finish, version = carry  # finish: rebased to `epoch` (all >= the last round's time)
     # The K earliest finishers, earliest first; ties go to the lower client index.
     _, arrivals = jax.lax.top_k(-finish, k)
     arrivals = arrivals.astype(jnp.int32)
@@ -238,25 +316,27 @@ def _semi_async(key, time_model: TimeModel, num_rounds: int, buffer_size: int) -
       arrival_client=arrivals,
       arrival_slot=arrivals,  # one task per client: slot = client
       arrival_version=version[arrivals],
-      arrival_time=arrival_time,
-      round_time=now,
+      arrival_time=absolute_time(epoch, arrival_time, delta),
+      round_time=absolute_time(epoch, now, delta),
       dispatch_client=arrivals,
       dispatch_slot=arrivals,
     )
-    finish = finish.at[arrivals].set(now + service)
+    # Every unfinished task ends at or after `now`, so the shift is exact for all of them.
+    epoch, now, shift = rebase(epoch, now, delta)
+    finish = (finish - shift).at[arrivals].set(now + service)
     version = version.at[arrivals].set(r + 1)
-    return (finish, version), out
+    return (epoch, finish, version), out
 
   finish0 = time_model.sample(jax.random.fold_in(key, 0), clients)
-  init = (finish0, jnp.zeros((n,), jnp.int32))
-  _, out = jax.lax.scan(step, init, jnp.arange(num_rounds, dtype=jnp.int32))
+  init = (jnp.zeros((), jnp.int32), finish0, jnp.zeros((n,), jnp.int32))
+  final, out = jax.lax.scan(step, init, jnp.arange(num_rounds, dtype=jnp.int32))
   return _assemble(
     out,
     init_client=clients,
     init_slot=clients,
     init_mask=jnp.ones((n,), bool),
     dispatch_mask=jnp.ones((num_rounds, k), bool),
-    overflow=jnp.zeros((), bool),
+    overflow=final[0] >= MAX_EPOCH,
   )
 
 
@@ -383,11 +463,19 @@ def _tick(
 
 
 class _QueueState(NamedTuple):
-  """The closed network between events. Clients are laid out in B blocks of W (B W >= N)."""
+  """The closed network between events. Clients are laid out in B blocks of W (B W >= N).
+
+  Times are residuals of the rebased clock: row b of `finish` (and `block_min[b]`) counts
+  from `block_epoch[b] * delta`, the epoch of the block's last update; the event loop counts
+  from `epoch * delta` (the epoch of the last completion) and shifts a row to it when it
+  touches the row.
+  """
 
   finish: jnp.ndarray  # [B, W] float32 client b W + j's head-of-queue finish time (inf: idle)
   block_min: jnp.ndarray  # [B] float32 min of each block of `finish`
   block_arg: jnp.ndarray  # [B] int32 its first argmin within the block
+  block_epoch: jnp.ndarray  # [B] int32 the epoch row b of `finish` counts from
+  epoch: jnp.ndarray  # [] int32 the epoch of the last completion
   head: jnp.ndarray  # [N] int32 slot of the task in service at the client (-1: idle)
   tail: jnp.ndarray  # [N] int32 slot of the last task in the client's queue (-1: idle)
   next: jnp.ndarray  # [C] int32 slot of the task queued behind this one (-1: none)
@@ -439,6 +527,7 @@ def _queueing(
   n, k, c = time_model.num_clients, buffer_size, concurrency
   num_blocks, width = _block_shape(n)
   cdf = jnp.cumsum(jnp.asarray(routing, jnp.float32))
+  delta = epoch_length(time_model.latency)
 
   # In-place updates: XLA updates an [N] or [C] array in place (instead of copying it, which
   # would make an event O(N)) only if every read of the array in the event is ordered before
@@ -451,23 +540,30 @@ def _queueing(
     """`x`, with a data dependence on `reads` (>= -1 by construction) that XLA cannot remove."""
     return jnp.where(jnp.min(reads) < -1, jnp.zeros_like(x), x)
 
+  def current_row(s: _QueueState, b):
+    """Row b of `finish` counted from `s.epoch` (exact: its finite times are >= that epoch)."""
+    row_epoch = s.block_epoch[b]
+    return s.finish[b] - (s.epoch - row_epoch).astype(jnp.float32) * delta, row_epoch
+
   def set_finish(s: _QueueState, b, j, row, value) -> _QueueState:
-    """Client b W + j's head-of-queue finish time := `value` (`row` = finish[b] before)."""
+    """Client b W + j's head-of-queue finish time := `value` (`row` = `current_row(s, b)`)."""
+    row, row_epoch = row
     row = row.at[j].set(value)
     return s._replace(
       finish=s.finish.at[b].set(row),
       block_min=s.block_min.at[b].set(jnp.min(row)),
       block_arg=s.block_arg.at[b].set(jnp.argmin(row).astype(jnp.int32)),
+      block_epoch=s.block_epoch.at[b].set(after(row_epoch, s.epoch)),
     )
 
   def join(s: _QueueState, task, client, now):
     """Task `task` joins the back of `client`'s queue at time `now`; O(1) + one block."""
     b, j = client // width, client % width
-    tail, head, row = s.tail[client], s.head[client], s.finish[b]
+    tail, head, row = s.tail[client], s.head[client], current_row(s, b)
     idle = tail < 0
     # next[tail] = task (dropped if idle), then next[task] = -1 (task != tail: it was free).
     nxt = s.next.at[jnp.where(idle, c, tail)].set(task, mode="drop").at[task].set(-1)
-    s = set_finish(s, b, j, row, jnp.where(idle, now + s.service[task], row[j]))
+    s = set_finish(s, b, j, row, jnp.where(idle, now + s.service[task], row[0][j]))
     return s._replace(
       head=s.head.at[client].set(jnp.where(idle, task, head)),
       tail=s.tail.at[client].set(jnp.where(tail < -1, tail, task)),  # = task, after the read
@@ -487,24 +583,31 @@ def _queueing(
 
   def complete(s: _QueueState, _):
     """The next completion: the earliest head-of-queue task (ties: lowest client)."""
-    b = jnp.argmin(s.block_min).astype(jnp.int32)  # first block holding the minimum
+    # The blocks' minima counted from the current epoch: O(B), like the argmin.
+    shift = (s.epoch - s.block_epoch).astype(jnp.float32) * delta
+    keys = s.block_min - shift
+    b = jnp.argmin(keys).astype(jnp.int32)  # first block holding the minimum
     j = s.block_arg[b]
     i = b * width + j
-    now, task, row = s.block_min[b], s.head[i], s.finish[b]
+    now, task = keys[b], s.head[i]
+    when = absolute_time(s.epoch, now, delta)  # what the schedule reports
+    epoch, now, _ = rebase(s.epoch, now, delta)
+    s = s._replace(epoch=epoch, overflow=s.overflow | ~jnp.isfinite(now) | (epoch >= MAX_EPOCH))
     behind = s.next[task]
     idle = behind < 0
     service = s.service[behind]
-    s = set_finish(s, b, j, row, jnp.where(idle, jnp.inf, now + service))
+    s = set_finish(s, b, j, current_row(s, b), jnp.where(idle, jnp.inf, now + service))
     s = s._replace(
       head=s.head.at[i].set(behind),
       tail=s.tail.at[i].set(jnp.where(idle, -1, s.tail[i])),
-      overflow=s.overflow | ~jnp.isfinite(now),
     )
-    return s, (i, task, s.version[task], now, service)
+    return s, (i, task, s.version[task], when, now, service)
 
   def step(s: _QueueState, r):
-    s, (clients, slots, versions, times, served) = jax.lax.scan(complete, s, None, length=k)
-    now = times[-1]
+    s, (clients, slots, versions, times, residuals, served) = jax.lax.scan(
+      complete, s, None, length=k
+    )
+    now = residuals[-1]  # counted from s.epoch, the epoch of this last completion
     new_slots = slots[::-1]  # LIFO: the last freed slot is reused first
     new_clients, service = queueing_draws(key, time_model, cdf, r + 1, k)
     # The dispatch overwrites version and service entries the completions read.
@@ -515,7 +618,7 @@ def _queueing(
       arrival_slot=slots,
       arrival_version=versions,
       arrival_time=times,
-      round_time=now,
+      round_time=times[-1],
       dispatch_client=new_clients,
       dispatch_slot=new_slots,
     )
@@ -527,6 +630,8 @@ def _queueing(
     finish=jnp.full((num_blocks, width), jnp.inf, jnp.float32),
     block_min=jnp.full((num_blocks,), jnp.inf, jnp.float32),
     block_arg=jnp.zeros((num_blocks,), jnp.int32),
+    block_epoch=jnp.zeros((num_blocks,), jnp.int32),
+    epoch=jnp.zeros((), jnp.int32),
     head=jnp.full((n,), -1, jnp.int32),
     tail=jnp.full((n,), -1, jnp.int32),
     next=jnp.full((c,), -1, jnp.int32),
@@ -704,7 +809,10 @@ def finalize(schedule: Schedule) -> Schedule:
   Raises `RuntimeError` if a static capacity overflowed.
   """
   if bool(np.any(np.asarray(schedule.overflow))):
-    raise RuntimeError("schedule capacity overflow: raise `buffer_capacity`")
+    raise RuntimeError(
+      "schedule capacity overflow: raise `buffer_capacity` (tick), or the simulated time "
+      "passed 2^30 clock epochs (sync, semi_async, queueing)"
+    )
   width = max(int(np.asarray(schedule.dispatch_mask).sum(-1).max(initial=0)), 1)
   width0 = max(int(np.asarray(schedule.init_mask).sum(-1).max(initial=0)), 1)
   return schedule.replace(
