@@ -218,8 +218,6 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
   t = config.time
   check(t.distribution in schedule.DISTRIBUTIONS, "time.distribution", t.distribution,
         f"must be one of {schedule.DISTRIBUTIONS}")  # fmt: skip
-  if t.distribution == "lognormal":
-    check(t.sigma > 0, "time.sigma", t.sigma, "must be > 0")
   if t.latency_file:
     check_text_file("time.latency_file", t.latency_file, "CSV file")
   elif t.latencies:
@@ -230,6 +228,11 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
       check(False, "time.latencies", shown or t.latencies,
             "must be numbers, one per client, e.g. 3,5,8")  # fmt: skip
   latencies = load_latencies(t, n)
+  if t.distribution == "lognormal":
+    bound = schedule.max_lognormal_sigma(latencies)
+    check(bool(np.isfinite(t.sigma)) and 0 < t.sigma <= bound, "time.sigma", t.sigma,
+          f"must be in (0, {bound}]: a larger sigma underflows float32 service times to 0 "
+          f"(the bound depends on the fastest latency, {latencies.min():.3g})")  # fmt: skip
   if s.protocol == "tick":
     check(t.distribution == "deterministic", "time.distribution", t.distribution,
           "the tick protocol needs 'deterministic' latencies")  # fmt: skip

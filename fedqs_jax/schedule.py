@@ -43,7 +43,8 @@ Protocols (all return a `Schedule`):
 
 Time models (`TimeModel`): per-client mean latencies with a per-task
 distribution: `deterministic` (the latency itself), `exponential` (mean =
-latency) or `lognormal` (mean = latency, log-std `sigma`).
+latency) or `lognormal` (mean = latency, log-std `sigma`; `max_lognormal_sigma`
+bounds it so that float32 service times neither underflow nor overflow).
 
 Simulated time: a rebased clock. The clock is `epoch * delta + residual`: an
 int32 epoch count and a float32 residual in [0, delta), where delta
@@ -79,6 +80,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 from typing import NamedTuple
 
@@ -121,9 +123,39 @@ class TimeModel:
     if self.distribution == "exponential":
       return mean * jax.random.exponential(key, mean.shape)
     if self.distribution == "lognormal":
+      if not (math.isfinite(self.sigma) and self.sigma > 0):
+        raise ValueError(f"lognormal sigma must be finite and > 0, got {self.sigma}")
       z = jax.random.normal(key, mean.shape)
       return mean * jnp.exp(self.sigma * z - 0.5 * self.sigma**2)
     raise ValueError(f"unknown distribution {self.distribution!r}")
+
+
+LOGNORMAL_Z = 6.0  # |z| of the most extreme float32 standard normal draw, rounded up (5.4)
+
+
+def max_lognormal_sigma(latency) -> float:
+  """The largest `lognormal` sigma whose float32 service times stay normal numbers.
+
+  A service time is `latency * f` with f = exp(sigma z - sigma^2 / 2), computed in float32
+  (XLA flushes subnormal results to 0). For |z| <= `LOGNORMAL_Z` = Z, both f and latency * f
+  must lie in float32's normal range [tiny, max]. The low end binds: sigma^2 / 2 + Z sigma
+  <= L with L = -ln(tiny) + min(ln(min latency), 0), i.e. sigma <= sqrt(Z^2 + 2 L) - Z (8.51
+  for latencies >= 1, less for faster ones). The high end (Z sigma - sigma^2 / 2, at most
+  Z^2 / 2 = 18, must stay <= ln(max / max latency)) binds only for latencies above 5e30.
+  The result is rounded down to 2 decimals (the range a message can state exactly).
+
+  Args:
+    latency: [N] mean service times (positive, finite).
+  """
+  latency = np.asarray(latency, np.float64)
+  info = np.finfo(np.float32)
+  z = LOGNORMAL_Z
+  low = -np.log(float(info.tiny)) + min(np.log(latency.min()), 0.0)
+  bound = np.sqrt(z * z + 2.0 * max(low, 0.0)) - z
+  high = np.log(float(info.max)) - max(np.log(latency.max()), 0.0)
+  if high < z * z / 2:
+    bound = min(bound, z - np.sqrt(z * z - 2.0 * max(high, 0.0)))
+  return math.floor(bound * 100) / 100
 
 
 @flax.struct.dataclass

@@ -5,6 +5,7 @@
 - deterministic latencies on a fine dyadic grid give exactly the integer-time reference
   (ties stay ties) long after a float32 clock would have rounded them, in `sync`,
   `semi_async` and `queueing`;
+- `time.sigma` of `lognormal` is refused when its float32 service times would underflow.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fedqs_jax import config as config_lib
 from fedqs_jax import queueing, schedule
+from fedqs_jax.errors import ConfigError
+from tests.common import tiny_config
 
 # ----------------------------------------------------------------------------- long run
 # The issue's network: mu = (4, 2, 1, 0.5, 0.25), C = 3, K = 1, uniform routing. 16 seeds x
@@ -175,3 +179,45 @@ def test_epoch_length_is_a_power_of_two_above_a_thousand_fastest_latencies():
     assert np.log2(delta) == np.round(np.log2(delta))
     scale = max(float(latency.min()), float(latency.max()) * 2.0**-20)
     assert 2**10 * scale < delta <= 2**11 * scale
+
+
+# ----------------------------------------------------------------------------- lognormal sigma
+
+
+def lognormal_config(sigma, latencies=None):
+  overrides = {"time.distribution": "lognormal", "time.sigma": sigma}
+  if latencies is not None:
+    overrides["time.latencies"] = tuple(latencies)
+  return tiny_config(**overrides)
+
+
+@pytest.mark.parametrize("sigma", [float("inf"), float("nan"), 1e3, 9.0, 0.0, -0.5])
+def test_lognormal_sigma_out_of_range_is_refused(sigma):
+  # Non-finite floats may be refused first by the config-wide float check.
+  allowed = r"(must be in \(0, 8\.51\]|must be a finite number)"
+  with pytest.raises(ConfigError, match=r"time\.sigma=\S+ is invalid: " + allowed):
+    config_lib.validate(lognormal_config(sigma, latencies=[1.0] * 12))
+
+
+def test_lognormal_sigma_bound_keeps_service_times_normal_float32():
+  config_lib.validate(lognormal_config(0.5))
+  config_lib.validate(lognormal_config(8.5, latencies=[1.0] * 12))
+  # The bound shrinks for faster clients: ln(latency) enters the underflow condition.
+  fast = [1e-6] + [1.0] * 11
+  bound = schedule.max_lognormal_sigma(fast)
+  assert bound < schedule.max_lognormal_sigma([1.0] * 12) == pytest.approx(8.51, abs=0.01)
+  with pytest.raises(ConfigError, match="time.sigma"):
+    config_lib.validate(lognormal_config(bound + 0.01, latencies=fast))
+  # At the bound, float32 draws stay finite normal numbers; at twice it they underflow to 0.
+  clients = jnp.zeros((1_000_000,), jnp.int32)
+  for latency in (1.0, 1e-6):
+    tm = schedule.TimeModel(latency=jnp.asarray([latency], jnp.float32), distribution="lognormal",
+                            sigma=schedule.max_lognormal_sigma([latency]))  # fmt: skip
+    service = np.asarray(tm.sample(jax.random.PRNGKey(0), clients))
+    assert np.all(np.isfinite(service)) and service.min() >= np.finfo(np.float32).tiny
+    tm = tm.replace(sigma=2 * tm.sigma)
+    assert np.asarray(tm.sample(jax.random.PRNGKey(0), clients)).min() == 0.0
+  with pytest.raises(ValueError, match="sigma"):
+    schedule.TimeModel(latency=jnp.ones(3), distribution="lognormal", sigma=float("inf")).sample(
+      jax.random.PRNGKey(0), jnp.zeros((2,), jnp.int32)
+    )
