@@ -158,8 +158,39 @@ def _validate_warm_start(model: ml_collections.ConfigDict) -> None:
           f"must be one of {dual.BATCH_NORM_MODES}")  # fmt: skip
 
 
+# The smallest normal float32: XLA flushes smaller (subnormal) values to 0 on CPU and GPU.
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_float(field: str, value: float) -> None:
+  """Raises `ConfigError` unless `value` is finite and survives float32, the dtype the
+  run computes in: no overflow to inf, and no nonzero value that becomes 0."""
+  check(bool(np.isfinite(value)), field, value, "must be a finite number")
+  check(abs(value) <= FLOAT32_MAX, field, value,
+        f"overflows float32, the dtype the run computes in (max {FLOAT32_MAX:.4g})")  # fmt: skip
+  check(value == 0 or abs(value) >= FLOAT32_TINY, field, value,
+        f"is 0 in float32, the dtype the run computes in (smallest normal {FLOAT32_TINY:.4g}):"
+        " use 0 or a larger magnitude")  # fmt: skip
+
+
+def check_floats(node, prefix: str = "") -> None:
+  """`check_float` on every float field of a config (and every float in a tuple/list field)."""
+  for key, value in node.items():
+    field = f"{prefix}{key}"
+    if isinstance(value, dict | ml_collections.ConfigDict):
+      check_floats(value, field + ".")
+    elif isinstance(value, float | np.floating):
+      check_float(field, float(value))
+    elif isinstance(value, tuple | list):
+      for v in value:
+        if isinstance(v, float | np.floating):
+          check_float(field, float(v))
+
+
 def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> None:
   """Raises `ConfigError` for the first invalid field; compiles nothing."""
+  check_floats(config)
   names = algorithm_names(config)
   check(bool(names), "algorithms", config.algorithms, "must name at least one algorithm")
   twice = sorted({name for name in names if names.count(name) > 1})
@@ -273,7 +304,8 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
     for point in grid:
       for field, value in point.items():
         if sweep.is_static(field):
-          continue
+          continue  # set in its group's config, validated as a field of it
+        check_float(f"sweep.{field}", value)
         check(field in known, f"sweep.{field}", value,
               f"no algorithm of this run ({', '.join(names)}) has this hyperparameter")  # fmt: skip
         allowed = algorithms.hparam_range(field)
