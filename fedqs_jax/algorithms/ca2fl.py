@@ -94,9 +94,15 @@ def ca2fl() -> base.Algorithm:
     )
     new, opt_state = base.server_step(optimizer(hparams), params, direction, state.optimizer)
     index = jnp.where(write, arrivals.client, num_clients)  # out of range: dropped
-    cache = jax.tree.map(
-      lambda rows, delta: rows.at[index].set(delta, mode="drop"), state.cache, arrivals.payload
-    )
+
+    def write_rows(rows, delta, correction):
+      # The written values depend on the rows read (an exact zero term): that orders the
+      # read before the write, which XLA then does in place. Without it XLA:CPU copied the
+      # whole [N, P] cache every round (140 vs 3 ms per round at N = 2,000, P = 51k).
+      delta = delta + 0.0 * jnp.nan_to_num(correction)
+      return rows.at[index].set(delta, mode="drop")
+
+    cache = jax.tree.map(write_rows, state.cache, arrivals.payload, corrections)
     cache_sum = jax.tree.map(jnp.add, state.cache_sum, total)
     return new, CA2FLState(cache, cache_sum, opt_state), {}
 

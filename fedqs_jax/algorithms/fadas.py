@@ -52,8 +52,8 @@ def scale_by_fadas(b1, b2, eps) -> optax.GradientTransformation:
   """m / (1 - b1^t) / (sqrt(v_hat) / sqrt(1 - b2^t) + eps), FADAS's (AMSGrad) direction."""
 
   def init_fn(params):
-    zeros = optax.tree.zeros_like(params)
-    return ScaleByFadasState(jnp.zeros([], jnp.int32), zeros, zeros, zeros)
+    m, v, v_hat = (optax.tree.zeros_like(params) for _ in range(3))
+    return ScaleByFadasState(jnp.zeros([], jnp.int32), m, v, v_hat)
 
   def update_fn(updates, state: ScaleByFadasState, params=None):
     del params
