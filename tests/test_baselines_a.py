@@ -193,6 +193,28 @@ def test_ca2fl_running_mean_equals_the_mean_of_all_rows_and_masked_arrivals_are_
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), a[:2], b[:2])
 
 
+def test_ca2fl_rounds_write_the_cache_in_place():
+  """No O(N P) work per round: XLA's temporaries of a donated scan of rounds stay far below
+  the [N, P] cache (a per-round copy of the cache would be one of them)."""
+  n, k, rounds = 20_000, 5, 3
+  algo, hp = build("ca2fl")
+  params = params_like(0)
+  state, _ = algo.init(params, n, hp)
+  one_round = arrivals_of(params_like(1, (k,)), list(range(k)), [0] * k)
+  xs = jax.tree.map(lambda x: jnp.stack([x] * rounds), one_round)
+
+  def scan(state, params, xs):
+    def one(carry, arr):
+      new, state, _ = algo.aggregate(carry[0], carry[1], arr, hp)
+      return (state, new), None
+
+    return jax.lax.scan(one, (state, params), xs)[0]
+
+  compiled = jax.jit(scan, donate_argnums=(0, 1)).lower(state, params, xs).compile()
+  cache_bytes = sum(x.nbytes for x in jax.tree.leaves(state.cache))
+  assert compiled.memory_analysis().temp_size_in_bytes < cache_bytes / 100
+
+
 # -- FADAS ---------------------------------------------------------------------------
 
 
