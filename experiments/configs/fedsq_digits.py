@@ -6,8 +6,9 @@ FedProx, FedSQ+FedAvg and FedSQ+FedQS-SGD (FedSQ as a model transform: the varia
 switch `model.fedsq` on). The target task is scikit-learn's digits, N = 100 clients under
 IID, Dirichlet 0.1 and Dirichlet 0.5 splits (a static sweep: three groups), semi-
 asynchronous K = 10 with exponential service times around latencies 1..50, the
-fedqs_digits local training with batches of 10, 3 seeds, one shared schedule per seed. Best validation accuracy (BVA) is the best test accuracy over
-the evaluations (every 5 rounds), `rounds_to_best` its round (summary.csv).
+fedqs_digits local training with batches of 10, 3 seeds, one shared schedule per seed.
+Best validation accuracy (BVA) is the best test accuracy over the evaluations (every 5
+rounds), `rounds_to_best` its round (summary.csv).
 
   python -m experiments.pretrain --workdir=runs/pretrain_mnist8
   python -m experiments.main --config=experiments/configs/fedsq_digits.py --workdir=runs/fedsq
