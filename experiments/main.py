@@ -4,8 +4,11 @@
   python -m experiments.main --config=experiments/configs/default.py \
       --workdir=runs/x --config.schedule.num_rounds=100
 
-A run with `--config.engine.checkpoint_every=M` that was killed continues with the
-same command plus `--resume`. Under several hosts, start the same command in each
+A workdir belongs to one run: a second run into it while the first runs is refused
+(naming its pid), and so is a workdir that holds an earlier run's files unless
+`--overwrite` (start over) or `--resume`. A run with
+`--config.engine.checkpoint_every=M` that was killed continues with the same command
+plus `--resume`. Under several hosts, start the same command in each
 with `--distributed` (and, outside SLURM/TPU, `--coordinator_address`,
 `--num_processes`, `--process_id`).
 
@@ -22,6 +25,9 @@ from fedqs_jax import cli
 _DEFAULT = os.path.join(os.path.dirname(__file__), "configs", "default.py")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for the run's outputs.", required=True)
 _RESUME = flags.DEFINE_bool("resume", False, "Continue the killed run in --workdir.")
+_OVERWRITE = flags.DEFINE_bool(
+  "overwrite", False, "Replace the files (and checkpoints) of an earlier run in --workdir."
+)
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Run under jax.distributed.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes of the run.")
@@ -44,7 +50,7 @@ def main(argv):
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     if distributed.is_writer():  # only process 0 writes the workdir
       cli.check_writable_folder("workdir", _WORKDIR.value)
-  run.run(config, _WORKDIR.value, resume=_RESUME.value)
+  run.run(config, _WORKDIR.value, resume=_RESUME.value, overwrite=_OVERWRITE.value)
 
 
 FLAGS = flags.FLAGS

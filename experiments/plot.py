@@ -10,7 +10,10 @@ every pair of swept hyperparameters (or the one given by --x/--y),
 averaged over seeds and the other swept values. `--compare` draws the curves of several
 runs in one figure, each labelled with its folder's name (e.g. one schedule per run).
 Bad input (flags, a folder that is not a finished run, a truncated CSV file, --x without
---y) prints one line and exits 2 before anything is drawn; JAX is never imported.
+--y) prints one line and exits 2 before anything is drawn; JAX is never imported. A
+finished run is one whose `manifest.json` (written last) matches its files: a folder a
+killed run left half-written, or a CSV changed since, is refused. Diverged curves are
+dashed and labelled "(diverged@r)".
 This file is intentionally short.
 """
 
@@ -20,7 +23,7 @@ import os
 
 from absl import flags
 
-from fedqs_jax import cli
+from fedqs_jax import cli, io
 from fedqs_jax.errors import ConfigError, check, check_text_file
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run's folder (summary.csv, metrics.csv).")
@@ -35,6 +38,7 @@ _METRIC = flags.DEFINE_string("metric", "final_accuracy", "A summary.csv column.
 CURVE_COLUMNS = {"algorithm": str, "seed": int, "round": int, "time": float,
                  "test_accuracy": float}  # fmt: skip
 NOUNS = {int: "an integer", float: "a number"}
+RESULT_FILES = ("metrics.csv", "summary.csv")  # what a finished run's manifest must list
 
 
 def read(path: str, columns: dict) -> list[dict]:
@@ -74,6 +78,16 @@ def curve_label(row: dict) -> str:
   return row["algorithm"] + (f"[{row['sweep']}]" if row.get("sweep") else "")
 
 
+def diverged_rounds(summary: list[dict]) -> dict[str, int]:
+  """{curve label: the first round any of its seeds diverged}, from summary.csv rows."""
+  out: dict[str, int] = {}
+  for r in summary:
+    if (r.get("diverged_round") or "").strip().isdigit():
+      when = int(r["diverged_round"])
+      out[curve_label(r)] = min(when, out.get(curve_label(r), when))
+  return out
+
+
 def check_flags() -> None:
   """The flags that go together, before any file is read."""
   compare, workdir, x, y = _COMPARE.value, _WORKDIR.value, _X.value, _Y.value
@@ -92,8 +106,10 @@ def check_flags() -> None:
         "give --x and --y together (or neither: every pair of swept values)")  # fmt: skip
   check(x is None or x != y, "y", y, "must differ from --x")
   for folder in compare or [workdir]:
-    check(os.path.isdir(folder), "compare" if compare else "workdir", folder,
-          "is not a folder: give a finished run's folder")  # fmt: skip
+    field = "compare" if compare else "workdir"
+    check(os.path.isdir(folder), field, folder, "is not a folder: give a finished run's folder")
+    problem = io.manifest_problem(folder, RESULT_FILES)  # a complete, unaltered result set
+    check(problem is None, field, folder, str(problem))
 
 
 def compare(folders: list[str], out: str) -> None:
@@ -153,7 +169,7 @@ def main(argv):
   for kind, _, rows, x, y, filename in figures:
     out = os.path.join(workdir, filename)
     if kind == "curves":
-      plotting.accuracy_curves(rows, out, curve_label)
+      plotting.accuracy_curves(rows, out, curve_label, diverged_rounds(summary))
     else:
       plotting.sensitivity(rows, x, y, out, metric)
     print(out)

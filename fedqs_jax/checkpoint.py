@@ -7,7 +7,12 @@ Every `every` chunks (and after the last) it saves, at step = chunks done:
            client and server state, round counter (the schedule position: a chunk
            reads the on-device schedule at `state.round`), PRNG key, divergence flags;
   history  the host-side metrics so far: evaluations [G, chunks] and the per-round
-           metrics [G, rounds].
+           metrics [G, rounds];
+  meta     the fingerprint of what the state belongs to: the hash of the resolved
+           config, the algorithm and the grid (its points and seeds). A restore refuses
+           (`ConfigError`) a step whose fingerprint differs from the run's own: a
+           checkpoint of another run (another config, or a second run started into
+           the same workdir) never continues this one.
 
 The schedule is not saved: it is a pure function of the config and the seeds, so a
 resumed run rebuilds the very same one. orbax writes each step to a temporary
@@ -24,14 +29,19 @@ from typing import Any
 import numpy as np
 import orbax.checkpoint as ocp
 
+from fedqs_jax.errors import ConfigError
+
 History = dict[str, np.ndarray]
+Fingerprint = dict[str, Any]
 
 
 class Checkpoints:
-  """Saves and restores (state, history) of one algorithm's grid, every `every` chunks."""
+  """Saves and restores (state, history) of one algorithm's grid, every `every` chunks,
+  each step stamped with `fingerprint` (JSON: what the state belongs to)."""
 
-  def __init__(self, directory: str, every: int):
+  def __init__(self, directory: str, every: int, fingerprint: Fingerprint | None = None):
     self.every = every
+    self.fingerprint = dict(fingerprint or {})
     self.directory = os.path.abspath(directory)
     self._manager = ocp.CheckpointManager(
       self.directory,
@@ -50,17 +60,49 @@ class Checkpoints:
     self._manager.save(
       chunks_done,
       args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), history=ocp.args.StandardSave(history)
+        state=ocp.args.StandardSave(state),
+        history=ocp.args.StandardSave(history),
+        meta=ocp.args.JsonSave(self.fingerprint),
       ),
     )
     self._manager.wait_until_finished()
 
+  def saved_fingerprint(self, step: int) -> Fingerprint | None:
+    """The fingerprint stamped on `step` (None: it has none, or it cannot be read)."""
+    try:
+      out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+      return dict(out["meta"])
+    except Exception:  # no meta item (an older checkpoint), or an unreadable one
+      return None
+
+  def verify(self) -> None:
+    """Raises `ConfigError` unless the newest step (if any) carries this fingerprint."""
+    step = self.latest()
+    if step is None:
+      return
+    saved = self.saved_fingerprint(step)
+    if saved == self.fingerprint:
+      return
+    if saved is None:
+      why = "has no fingerprint (written by an older version?)"
+    else:
+      keys = sorted(k for k in set(saved) | set(self.fingerprint)
+                    if saved.get(k) != self.fingerprint.get(k))  # fmt: skip
+      verb = "differs" if len(keys) == 1 else "differ"
+      why = f"belongs to another run (its {', '.join(keys)} {verb} from this run's)"
+    raise ConfigError(
+      f"--resume is invalid: the checkpoint {self.directory}/{step} {why}; resume only with "
+      "the config that wrote it, or pass --overwrite to start over"
+    )
+
   def restore(self, like_state: Any) -> tuple[int, Any, History]:
     """(chunks done, state, history) of the newest checkpoint; `like_state` gives the
-    structure, shapes and shardings of the state."""
+    structure, shapes and shardings of the state. `ConfigError` if its fingerprint is
+    not this one's (`verify`)."""
     step = self.latest()
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    self.verify()
     out = self._manager.restore(
       step,
       args=ocp.args.Composite(

@@ -22,8 +22,12 @@ def window_metrics(result: dict, g: int, start: int, stop: int) -> dict[str, flo
   `dispatch_*` entries (sums over each round's dispatched clients) and step counts
   are summed over the window, and a `dispatch_<x>_sum` also gives
   `dispatch_<x>_mean` per dispatched client; other metrics are averaged.
+  `train_loss` is the mean over the rounds whose clients took local steps: NaN when
+  none did (every dispatched client empty), not the engine's 0 for "no loss".
   """
-  out = {"train_loss": float(result["train_loss"][g, start:stop].mean())}
+  trained = result["client_steps"][g, start:stop] > 0
+  losses = result["train_loss"][g, start:stop][trained]
+  out = {"train_loss": float(losses.mean()) if losses.size else float("nan")}
   dispatched = float(result["dispatched"][g, start:stop].sum())
   out["client_steps"] = int(result["client_steps"][g, start:stop].sum())
   out["dispatched"] = int(dispatched)
@@ -92,8 +96,28 @@ def curve_label(row: dict) -> str:
   return row["algorithm"] + (f"[{row['sweep']}]" if row.get("sweep") else "")
 
 
+def _diverged(rows: list[dict]) -> list[int]:
+  """The rounds at which the summary rows `rows` diverged (those that did)."""
+  return [int(r["diverged_round"]) for r in rows if r.get("diverged_round", "") not in ("", None)]
+
+
+def diverged_rounds(summary_rows: list[dict]) -> dict[str, int]:
+  """{curve label: first round at which any of its seeds diverged}, for the curves that did."""
+  out: dict[str, int] = {}
+  for r in summary_rows:
+    for when in _diverged([r]):
+      out[curve_label(r)] = min(when, out.get(curve_label(r), when))
+  return out
+
+
 def results_table(summary_rows: list[dict], target: float) -> str:
-  """The per-algorithm (and per-point) table, mean +- std over seeds, printed at the end."""
+  """The per-algorithm (and per-point) table, mean +- std over seeds, printed at the end.
+
+  A point whose seeds all diverged shows `diverged@r` (r: the first round that was not
+  finite) instead of its frozen accuracy, and `-` in the other columns; when only some
+  seeds diverged, the numbers are those of the others and the row says how many
+  diverged. summary.csv keeps every seed's frozen numbers and its `diverged_round`.
+  """
   width = max([12] + [len(curve_label(r)) for r in summary_rows])
   header = (
     f"{'algorithm':<{width}} {'final acc':>16} {'best acc':>9} "
@@ -102,7 +126,15 @@ def results_table(summary_rows: list[dict], target: float) -> str:
   lines = [header, "-" * len(header)]
   names = list(dict.fromkeys(curve_label(r) for r in summary_rows))
   for name in names:
-    rows = [r for r in summary_rows if curve_label(r) == name]
+    every = [r for r in summary_rows if curve_label(r) == name]
+    rows = [r for r in every if not _diverged([r])]  # the seeds that did not diverge
+    note = ""
+    if len(rows) < len(every):
+      mark = f"diverged@{min(_diverged(every))}"
+      if not rows:
+        lines.append(f"{name:<{width}} {mark:>16} {'-':>9} {'-':>16} {'-':>16} {'-':>11}")
+        continue
+      note = f"  ({len(every) - len(rows)}/{len(every)} seeds {mark}, not counted)"
     final = np.array([r["final_accuracy"] for r in rows])
     oscillation = np.mean([r["oscillation_std"] for r in rows])
     best = np.array([r["best_accuracy"] for r in rows])
@@ -115,7 +147,7 @@ def results_table(summary_rows: list[dict], target: float) -> str:
     lines.append(
       f"{name:<{width}} {100 * final.mean():>8.2f} +- {100 * final.std():>4.2f} "
       f"{100 * best.mean():>9.2f} {reached('rounds_to_target'):>16} "
-      f"{reached('time_to_target'):>16} {100 * oscillation:>11.2f}"
+      f"{reached('time_to_target'):>16} {100 * oscillation:>11.2f}{note}"
     )
   return "\n".join(lines)
 
@@ -125,7 +157,8 @@ class Progress:
 
   The first chunk of each algorithm includes its compile, so the ETA adds the mean
   first-chunk time for each algorithm not started yet to the steady time per round
-  (later chunks) for the remaining rounds.
+  (later chunks) for the remaining rounds. Chunks restored from a checkpoint
+  (`restored`) count as done, untimed, so a resumed job counts from where it is.
   """
 
   def __init__(
@@ -136,6 +169,7 @@ class Progress:
     self.total = sum(rounds) if isinstance(rounds, list) else num_algorithms * rounds
     self.done, self.started = 0, 0
     self.labels: set[str] = set()  # algorithms seen so far
+    self.counted: dict[str, int] = {}  # chunks of each algorithm counted in `done`
     self.first_chunks: list[float] = []  # seconds of each algorithm's first chunk
     self.steady_seconds, self.steady_rounds = 0.0, 0
     self.start = self.last = self.previous = time.perf_counter()
@@ -149,18 +183,33 @@ class Progress:
     compile_estimate = sum(self.first_chunks) / len(self.first_chunks) - per_round * chunk_rounds
     return (self.total - self.done) * per_round + unstarted * max(compile_estimate, 0.0)
 
+  def restored(self, label: str, rounds: int, chunks: int, num_chunks: int) -> None:
+    """`chunks` chunks of `rounds` rounds of `label` were restored from a checkpoint:
+    counted as done, untimed; an algorithm restored whole compiles nothing."""
+    self.done += (chunks - self.counted.get(label, 0)) * rounds
+    self.counted[label] = chunks
+    if chunks == num_chunks and label not in self.labels:
+      self.labels.add(label)
+      self.started += 1
+    print(
+      f"[{label}] restored {chunks}/{num_chunks} chunks from its checkpoint | "
+      f"{self.done}/{self.total} rounds",
+      file=self.stream,
+      flush=True,
+    )
+
   def update(self, label: str, rounds: int, chunk: int, num_chunks: int) -> None:
     now = time.perf_counter()
     if label not in self.labels:  # its first chunk in this process, compile included
       self.labels.add(label)
       self.started += 1
       self.first_chunks.append(now - self.previous)
-      self.done += (chunk - 1) * rounds  # chunks restored from a checkpoint
     else:
       self.steady_seconds += now - self.previous
       self.steady_rounds += rounds
     self.previous = now
-    self.done += rounds
+    self.done += (chunk - self.counted.get(label, 0)) * rounds  # with any not counted yet
+    self.counted[label] = chunk
     if chunk < num_chunks and now - self.last < self.every:
       return
     self.last = now

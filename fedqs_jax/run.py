@@ -9,8 +9,14 @@ chunk by chunk, and writes to `workdir`:
   metrics.csv    long form, one row per (algorithm, seed, evaluated round)
   summary.csv    one row per (algorithm, seed): final/best accuracy, time to target...
   accuracy.png   accuracy vs round and vs simulated time
+  manifest.json  written last: the config's hash and each file's sha256
 
-All writes are atomic.
+A workdir belongs to one run: the run holds an exclusive lock on `workdir/.lock`
+(its pid inside; the OS drops it when the process dies), and a workdir that holds
+another run's files is refused unless `overwrite` (start over) or `resume`
+(continue it). Each file is written atomically, and the set is consistent through
+the manifest: it is removed before a new set is written and written after it, so
+readers (`experiments.plot`) refuse a set that a killed run left half-written.
 """
 
 from __future__ import annotations
@@ -25,13 +31,31 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from fedqs_jax import checkpoint, distributed, io, program, report, schedule, sweep
 from fedqs_jax import config as config_lib
 from fedqs_jax import data as data_lib
-from fedqs_jax.errors import check
+from fedqs_jax.errors import ConfigError, check
 
 CHECKPOINTS = "checkpoints"  # the workdir's folder of per-algorithm checkpoints
+LOCK = ".lock"  # the workdir's lock file (holds the running process's pid)
+RESULTS = ("config.json", "schedule.json", "metrics.csv", "summary.csv", "accuracy.png")
+
+
+def config_hash(config: ml_collections.ConfigDict) -> str:
+  """The sha256 of the resolved config (canonical JSON): what a result set came from."""
+  return io.digest(config.to_dict())
+
+
+def fingerprint(prog: program.Program) -> checkpoint.Fingerprint:
+  """What a checkpoint of `prog`'s grid belongs to: its resolved config's hash, the
+  algorithm (or variant) and the grid, every (point, seed) in order."""
+  return {
+    "config_hash": config_hash(prog.config),
+    "algorithm": prog.name,
+    "grid": [[sweep.label(p), s] for p in prog.points for s in config_lib.seeds(prog.config)],
+  }
 
 
 def train(
@@ -42,20 +66,24 @@ def train(
   on_chunk: Callable[[int, int], None] | None = None,
   checkpoint_dir: str | None = None,
   resume: bool = False,
+  on_restore: Callable[[int, int], None] | None = None,
 ) -> dict[str, np.ndarray]:
   """Trains one algorithm on the seed-batched schedule `sched`.
 
   The grid (every swept point x every seed) is one program whose leading axis is
   sharded over all devices, of every process under `jax.distributed`. With
   `checkpoint_dir`, the grid's state and metrics are saved every
-  `config.engine.checkpoint_every` chunks; `resume` continues from the newest
-  checkpoint there and gives exactly the numbers of an uninterrupted run.
+  `config.engine.checkpoint_every` chunks, stamped with the program's `fingerprint`;
+  `resume` continues from the newest checkpoint there (`on_restore(chunks done,
+  chunks)` is told) and gives exactly the numbers of an uninterrupted run, or raises
+  `ConfigError` if the checkpoint's fingerprint is not this program's.
 
   Returns per-seed arrays: `eval_round` [E], `test_accuracy` / `test_loss`
   [G, E], and the per-round algorithm and training metrics [G, T].
   """
   num_slots = sched.num_slots  # read on the host, before the schedule spans other processes
   prog = program.build_program(config, algorithm_name, data, num_slots)
+  stamp = fingerprint(prog)
   config, mine = prog.config, prog.points
   seeds = config_lib.seeds(config)
   # The grid: every swept point of this algorithm x every seed.
@@ -97,9 +125,11 @@ def train(
   done, history = 0, {}  # history: host arrays [G, chunks or rounds] of the chunks done
   checkpoints = None
   if checkpoint_dir is not None:
-    checkpoints = checkpoint.Checkpoints(checkpoint_dir, config.engine.checkpoint_every)
+    checkpoints = checkpoint.Checkpoints(checkpoint_dir, config.engine.checkpoint_every, stamp)
     if resume and checkpoints.latest() is not None:
       done, state, history = checkpoints.restore(state)
+      if on_restore is not None:
+        on_restore(done, num_chunks)
   for c in range(done, num_chunks):
     state, per_round, evaluation = engine.run_chunk(state, events, hparams, data)
     new = distributed.to_host({**evaluation, **per_round})
@@ -130,14 +160,23 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
   return [] if a == b else [prefix[:-1]]
 
 
-def _check_resumable(config: ml_collections.ConfigDict, workdir: str, resume: bool) -> None:
-  """A checkpointed run continues only with `resume` and only with its own config."""
+def _check_resumable(
+  config: ml_collections.ConfigDict, workdir: str, resume: bool, overwrite: bool = False
+) -> None:
+  """A workdir with another run's files is refused unless `overwrite`; one with
+  checkpoints continues only with `resume` and only with its own config."""
+  if overwrite:
+    return
   folder = os.path.join(workdir, CHECKPOINTS)
   saved = os.path.join(workdir, "config.json")
   if not resume:
     check(not os.path.isdir(folder) or not os.listdir(folder), "workdir", workdir,
           f"holds checkpoints of an unfinished run ({folder}): pass --resume to continue "
-          "it, or use another workdir")  # fmt: skip
+          "it, --overwrite to start over, or use another workdir")  # fmt: skip
+    present = [n for n in (*RESULTS, io.MANIFEST) if os.path.lexists(os.path.join(workdir, n))]
+    check(not present, "workdir", workdir,
+          f"holds the files of an earlier run ({', '.join(present)}): pass --overwrite to "
+          "replace them (or --resume to continue that run), or use another workdir")  # fmt: skip
     return
   if os.path.exists(saved):
     with open(saved) as f:
@@ -149,30 +188,110 @@ def _check_resumable(config: ml_collections.ConfigDict, workdir: str, resume: bo
           "resume with the same config (or start a new workdir)")  # fmt: skip
 
 
+def _claim(
+  config: ml_collections.ConfigDict, workdir: str, resume: bool, overwrite: bool
+) -> io.FolderLock | None:
+  """Makes `workdir` this run's: process 0 creates it, locks it for the run's life
+  (returned), checks it (`_check_resumable`), removes a killed run's temporary files
+  and, with `overwrite`, the old manifest and checkpoints. Under `jax.distributed` the
+  other processes learn process 0's verdict, so every process stops on a refusal."""
+  error, lock = None, None
+  if distributed.is_writer():
+    try:
+      os.makedirs(workdir, exist_ok=True)
+      lock = io.FolderLock(os.path.join(workdir, LOCK)).acquire()
+      _check_resumable(config, workdir, resume, overwrite)
+      io.remove_temporaries(workdir, (*RESULTS, io.MANIFEST))
+      if overwrite:
+        io.remove_manifest(workdir)
+        shutil.rmtree(os.path.join(workdir, CHECKPOINTS), ignore_errors=True)
+    except io.Locked as e:
+      error = ConfigError(
+        f"workdir={workdir!r} is invalid: another run is using it ({e.holder}, {e.path}): "
+        "wait for it to end, stop it, or use another workdir"
+      )
+    except ConfigError as e:
+      error = e
+    if error is not None and lock is not None:
+      lock.release()
+  if jax.process_count() > 1:  # process 0's verdict, to every process
+    refused = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+    if refused and error is None:
+      error = ConfigError(f"workdir={workdir!r} is invalid: process 0 refused it (see its error)")
+  if error is not None:
+    raise error
+  return lock
+
+
 def run(
-  config: ml_collections.ConfigDict, workdir: str, stream=sys.stdout, resume: bool = False
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  stream=sys.stdout,
+  resume: bool = False,
+  overwrite: bool = False,
 ) -> dict[str, Any]:
   """Validates, runs every algorithm of `config` on one schedule, writes `workdir`.
 
   A sweep over static config fields (`sweep.groups`) runs group by group, each with
   its own data and schedule; every group is validated and its memory checked before
-  anything is written or compiled. With `config.engine.checkpoint_every` > 0 each
-  algorithm's grid is checkpointed in `workdir/checkpoints/`; `resume` continues a
-  killed run from there (the checkpoints are removed once the results are written).
-  Under `jax.distributed` every process runs this, and process 0 alone writes.
+  anything is written or compiled. The run holds `workdir`'s lock throughout; a
+  workdir locked by another run, or holding another run's files, is refused
+  (`ConfigError`) unless `overwrite` (its files and checkpoints are replaced) or
+  `resume`. With `config.engine.checkpoint_every` > 0 each algorithm's grid is
+  checkpointed in `workdir/checkpoints/`; `resume` continues a killed run from there
+  (the checkpoints are removed once the results are written), refusing checkpoints
+  of another config. Under `jax.distributed` every process runs this, and process 0
+  alone locks and writes.
   """
   config_lib.validate(config, workdir)
-  _check_resumable(config, workdir, resume)
-  names = config_lib.algorithm_names(config)
-  groups = []
+  check(not (resume and overwrite), "--overwrite", True,
+        "--resume continues the run in the workdir, --overwrite starts over: not both")  # fmt: skip
+  # A workdir that exists is claimed at once (a busy or used one fails fast); a new one
+  # once everything is validated, so that bad input creates nothing.
+  early = jax.process_count() == 1 and os.path.isdir(workdir)
+  lock = _claim(config, workdir, resume, overwrite) if early else None
+  try:
+    groups, stamps = _prepare(config, workdir)
+    if not early:
+      lock = _claim(config, workdir, resume, overwrite)
+    return _train_and_write(config, workdir, stream, resume, groups, stamps)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _prepare(config: ml_collections.ConfigDict, workdir: str) -> tuple[list, dict]:
+  """Every group validated, its data loaded, its schedule built and its programs'
+  memory checked; and each algorithm's checkpoint folder with its fingerprint."""
+  groups, stamps = [], {}
   for static, group_config in sweep.groups(config):
     config_lib.validate(group_config)
     data = data_lib.load(group_config.data, group_config.data.seed)
     sched = program.make_schedule(group_config)
-    for name in names:  # before anything is written or compiled for training
+    for name in config_lib.algorithm_names(config):
       prog = program.build_program(group_config, name, data, sched.num_slots)
       program.check_memory(prog, data, sched)
+      stamps[_checkpoint_dir(workdir, sweep.label(static), name)] = fingerprint(prog)
     groups.append((static, group_config, data, sched))
+  return groups, stamps
+
+
+def _checkpoint_dir(workdir: str, tag: str, name: str) -> str:
+  return os.path.join(workdir, CHECKPOINTS, *([tag] if tag else []), name)
+
+
+def _train_and_write(config, workdir, stream, resume, groups, stamps) -> dict[str, Any]:
+  """Trains every group and algorithm, writes the result set (`run`'s second half)."""
+  names = config_lib.algorithm_names(config)
+  checkpointing = config.engine.get("checkpoint_every", 0) > 0
+  if resume and checkpointing:  # every checkpoint is this run's, before anything trains
+    for folder, stamp in stamps.items():
+      if os.path.isdir(folder):
+        found = checkpoint.Checkpoints(folder, 0, stamp)
+        try:
+          found.verify()
+        finally:
+          found.close()
   writer = distributed.is_writer()
   if not writer:
     stream = open(os.devnull, "w")  # only process 0 reports
@@ -184,15 +303,25 @@ def run(
     for static, _, _, sched in groups
   }
   if writer:
-    os.makedirs(workdir, exist_ok=True)
+    io.remove_manifest(workdir)  # the old result set is no longer whole
     io.write_json(os.path.join(workdir, "config.json"), config.to_dict())
     io.write_json(
       os.path.join(workdir, "schedule.json"), summaries[""] if len(groups) == 1 else summaries
     )
+  warned = set()
+  for static, _, data, _ in groups:
+    empty = int(np.sum(np.asarray(data.client_count) == 0))
+    warning = (
+      f"warning: {empty} of {data.num_clients} clients hold no training examples: their "
+      "tasks train nothing (a round that dispatches only them has train_loss NaN)"
+    )
+    if empty and warning not in warned:
+      warned.add(warning)
+      tag = sweep.label(static)
+      print((f"[{tag}] " if tag else "") + warning, file=stream, flush=True)
   rounds = [g[3].num_rounds for g in groups for _ in names]
   progress = report.Progress(len(names) * len(groups), rounds, stream)
   metric_rows, summary_rows, results = [], [], {}
-  checkpointing = config.engine.get("checkpoint_every", 0) > 0
   for static, group_config, data, sched in groups:
     tag = sweep.label(static)
     first = summaries[tag][seeds[0]]
@@ -208,15 +337,15 @@ def run(
     chunk = group_config.engine.eval_every
     for name in names:
       label = f"{name}[{tag}]" if tag else name
-      folder = os.path.join(workdir, CHECKPOINTS, *([tag] if tag else []), name)
       result = train(
         group_config,
         name,
         data,
         sched,
         on_chunk=lambda c, n, label=label, chunk=chunk: progress.update(label, chunk, c, n),
-        checkpoint_dir=folder if checkpointing else None,
+        checkpoint_dir=_checkpoint_dir(workdir, tag, name) if checkpointing else None,
         resume=resume,
+        on_restore=lambda c, n, label=label, chunk=chunk: progress.restored(label, chunk, c, n),
       )
       m, s = report.rows(name, group_config, result, sched, static)
       metric_rows += m
@@ -228,7 +357,13 @@ def run(
 
     from fedqs_jax import plotting  # matplotlib only when writing plots
 
-    plotting.accuracy_curves(metric_rows, os.path.join(workdir, "accuracy.png"), report.curve_label)
+    plotting.accuracy_curves(
+      metric_rows,
+      os.path.join(workdir, "accuracy.png"),
+      report.curve_label,
+      report.diverged_rounds(summary_rows),
+    )
+    io.write_manifest(workdir, RESULTS, config_hash(config))  # last: the set is whole
     shutil.rmtree(os.path.join(workdir, CHECKPOINTS), ignore_errors=True)
   print(report.results_table(summary_rows, config.target_accuracy), file=stream, flush=True)
   schedules = {sweep.label(g[0]): g[3] for g in groups}

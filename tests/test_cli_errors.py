@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from experiments import queueing as queueing_cli
-from fedqs_jax import cli, memory
+from fedqs_jax import cli, io, memory
 from fedqs_jax import config as config_lib
 from fedqs_jax.errors import ConfigError, check, plain
 from tests.common import ROOT, tiny_config
@@ -40,6 +40,7 @@ def _fixtures(folder) -> dict[str, str]:
     (folder / name / "metrics.csv").write_text(
       f"algorithm,seed,round,time,test_accuracy\nfedavg,0,5,1.0,0.5\n{tail}"
     )
+    io.write_manifest(str(folder / name), ["summary.csv", "metrics.csv"], "fixture")  # whole
   return paths
 
 

@@ -42,6 +42,7 @@ def test_killed_sweep_resumes_to_the_uninterrupted_numbers(tmp_path):
   assert proc.returncode == -signal.SIGKILL
   # Nothing partial is visible: the results are not there yet, the rest is complete.
   assert sorted(p.name for p in workdir.iterdir()) == [
+    ".lock",  # held by no one now: the OS released it with the killed process
     "checkpoints",
     "config.json",
     "schedule.json",
