@@ -8,6 +8,7 @@ the job's ETA.
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 
@@ -220,3 +221,35 @@ class Progress:
       file=self.stream,
       flush=True,
     )
+
+
+def _stat(values: list[float], scale: float, digits: int) -> str:
+  mean = statistics.fmean(values) * scale
+  std = statistics.pstdev(values) * scale
+  return f"{mean:.{digits}f} +- {std:.{digits}f}"
+
+
+def best_accuracy_table(rows: list[dict]) -> str:
+  """FedSQ's table of summary rows (one per algorithm, data split and seed): best accuracy
+  (BVA), the round it was reached and the final accuracy, mean +- std over seeds; a
+  point with a diverged seed shows `diverged@r` instead of numbers."""
+  groups = {}
+  for r in rows:
+    split = r.get("data.partition", "") + (
+      f" {r['data.dirichlet_alpha']}" if r.get("data.partition") == "dirichlet" else ""
+    )
+    groups.setdefault((split, r["algorithm"]), []).append(r)
+  width = max(len(a) for _, a in groups) + 2
+  lines = [f"{'split':<16}{'method':<{width}}{'BVA':>16}{'rounds to BVA':>18}{'final acc':>16}"]
+  for (split, name), rs in groups.items():
+    diverged = [r for r in rs if r.get("diverged_round", "") not in ("", None)]
+    if diverged:  # a frozen model's numbers are not a result
+      rounds = ",".join(str(r["diverged_round"]) for r in diverged)
+      lines.append(f"{split:<16}{name:<{width}}{f'diverged@{rounds}':>16}")
+      continue
+    bva = [float(r["best_accuracy"]) for r in rs]
+    to_best = [float(r["rounds_to_best"]) for r in rs]
+    final = [float(r["final_accuracy"]) for r in rs]
+    lines.append(f"{split:<16}{name:<{width}}{_stat(bva, 100, 2):>16}"
+                 f"{_stat(to_best, 1, 1):>18}{_stat(final, 100, 2):>16}")  # fmt: skip
+  return "\n".join(lines)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from experiments import pretrain as pretrain_cli
-from fedqs_jax import algorithms, models, pretrained, program, run
+from fedqs_jax import algorithms, models, pretrained, program, report, run
 from fedqs_jax import config as config_lib
 from fedqs_jax import data as data_lib
 from fedqs_jax.errors import ConfigError
@@ -142,6 +142,11 @@ def test_fedsq_combines_with_every_registered_algorithm_through_the_cli(checkpoi
   rows = list(csv.DictReader(open(tmp_path / "run" / "summary.csv")))
   assert sorted(r["algorithm"] for r in rows) == sorted("fedsq_" + n for n in names)
   assert all(np.isfinite(float(r["final_accuracy"])) for r in rows)
+  # FedSQ's table: one line per method, BVA and its round as the summary says.
+  lines = report.best_accuracy_table(rows).splitlines()
+  assert len(lines) == 1 + len(names)
+  first = next(r for r in rows if r["algorithm"] == "fedsq_" + names[0])
+  assert f"{100 * float(first['best_accuracy']):.2f} +- 0.00" in lines[1]
 
 
 def test_pretrain_cli_writes_a_checkpoint_a_run_starts_from(tmp_path):
