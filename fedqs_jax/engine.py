@@ -300,6 +300,7 @@ class Engine:
         version,
         count,
         lambda p: self.class_accuracy(p, client, data),
+        self.num_steps(data.client_count[client]).astype(jnp.int32),
       )
       task, row, info = algo.client_begin(row, state.server_state, broadcast, hparams)
       trained, stats = self.local_train(state.params, task, client, key, hparams, data)

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from experiments.configs import default
 from fedqs_jax import data as data_lib
-from fedqs_jax import engine, program, run
+from fedqs_jax import program, run
 from fedqs_jax.algorithms import Arrivals, Broadcast, LocalTask, fadas, fedac
 from tests.common import finish, start_cli, tiny_args, tiny_config
 from tests.test_algorithms import build, params_like
@@ -24,9 +23,7 @@ CLI_ALGORITHMS = "fedprox,ca2fl,fadas,fedac"
 def cli_run(tmp_path_factory):
   """The shrunk CLI run of the four algorithms, started first and awaited by its test."""
   workdir = tmp_path_factory.mktemp("cli") / "run"
-  proc = start_cli(
-    f"--workdir={workdir}", *tiny_args(**{"algorithms": CLI_ALGORITHMS, "fedac.cv_epochs": 1})
-  )
+  proc = start_cli(f"--workdir={workdir}", *tiny_args(**{"algorithms": CLI_ALGORITHMS}))
   yield proc, workdir
   if proc.poll() is None:
     proc.kill()
@@ -54,10 +51,11 @@ def arrivals_of(payload, client, staleness, mask=None):
   )
 
 
-def broadcast(params, client=0, count=5.0):
+def broadcast(params, client=0, count=5.0, steps=1):
   return Broadcast(
-    params, params, jnp.int32(client), jnp.int32(0), jnp.float32(count), lambda p: (None, None)
-  )
+    params, params, jnp.int32(client), jnp.int32(0), jnp.float32(count), lambda p: (None, None),
+    jnp.int32(steps),
+  )  # fmt: skip
 
 
 # -- FedProx and FedAsync's proximal term -----------------------------------------------
@@ -342,19 +340,19 @@ def test_fedac_stale_arrivals_are_weighted_by_the_cosine_with_the_global_drift()
 
 def test_fedac_control_variates_follow_scaffold_option_two():
   n, count, lr = 6, 37.0, 0.1
-  algo, hp = build("fedac", **{"fedac.cv_batch_size": 8, "fedac.cv_epochs": 3})
+  algo, hp = build("fedac")
   hp = {**hp, "lr": jnp.float32(lr)}
   params = params_like(0)
   server, clients = algo.init(params, n, hp)
   c, ci = params_like(70), params_like(71)
   server = server._replace(control=c)
   row = jax.tree.map(lambda x: x[4], clients)._replace(control=ci)
-  b = broadcast(params, client=4, count=count)
+  steps = 3 * int(np.ceil(count / 8))  # the engine's epochs * ceil(n / B), e.g. E = 3, B = 8
+  b = broadcast(params, client=4, count=count, steps=steps)
   task, row, _ = algo.client_begin(row, server, b, hp)
   np.testing.assert_allclose(flat(task.correction), flat(c) - flat(ci), rtol=1e-6)
   trained = params_like(72)
   payload, row = algo.client_end(row, b, trained, hp)
-  steps = 3 * int(np.ceil(count / 8))  # the engine's epochs * ceil(n / B)
   expected = flat(ci) - flat(c) + (flat(params) - flat(trained)) / (steps * lr)
   np.testing.assert_allclose(flat(row.control), expected, rtol=1e-5, atol=1e-5)
   dc = flat(payload["control_delta"])
@@ -367,30 +365,33 @@ def test_fedac_control_variates_follow_scaffold_option_two():
   _, new_server, _ = jax.jit(algo.aggregate)(server, params, arr, hp)
   np.testing.assert_allclose(flat(new_server.control), flat(c) + 3 * dc / n, rtol=1e-5, atol=1e-6)
   # A client that trains no step keeps its control variate.
-  empty = broadcast(params, client=4, count=0.0)
+  empty = broadcast(params, client=4, count=0.0, steps=0)
   _, row0, _ = algo.client_begin(row, server, empty, hp)
   payload0, row0 = algo.client_end(row0, empty, params, hp)
   np.testing.assert_array_equal(flat(row0.control), flat(row.control))
   assert not flat(payload0["control_delta"]).any()
 
 
-@pytest.mark.parametrize("batch_size,epochs,steps", [(4, 2, 0), (32, 1, 0), (8, 3, 5)])
-def test_fedac_step_count_is_the_engines(batch_size, epochs, steps):
-  eng, _ = make_engine(handmade_data(), batch_size=batch_size, epochs=epochs)
-  eng.local = engine.LocalConfig(batch_size=batch_size, epochs=epochs, steps=steps)
-  counts = jnp.arange(0, 60)
-  np.testing.assert_array_equal(
-    fedac.local_steps(counts, batch_size, epochs, steps), eng.num_steps(counts)
-  )
-
-
-def test_fedac_step_count_defaults_are_the_local_defaults():
-  config = default.get_config()
-  assert (config.fedac.cv_batch_size, config.fedac.cv_epochs, config.fedac.cv_steps) == (
-    config.local.batch_size,
-    config.local.epochs,
-    config.local.steps,
-  )
+def test_fedac_control_variates_see_the_engines_step_count():
+  """The engine tells client_end each task's local steps: the control variate of a
+  dispatched client is (w^v - w_i) / (K_i lr) - correction with K_i = its step count."""
+  data = handmade_data()
+  eng, params = make_engine(data, batch_size=4, epochs=3, algorithm="fedac")
+  hp = {k: jnp.asarray(v, jnp.float32)[None] for k, v in build("fedac")[1].items()}
+  clients = jnp.arange(5)
+  state = eng.init(
+    jax.random.PRNGKey(0)[None], jax.tree.map(lambda x: x[None], params), clients[None],
+    clients[None], jnp.ones((1, 5), bool), hp, data,
+  )  # fmt: skip
+  steps = np.asarray(eng.num_steps(data.client_count))
+  upload = state.payloads["upload"]
+  for i in range(5):
+    control = jax.tree.map(lambda x, i=i: x[0, i], state.client_state.control)
+    delta = jax.tree.map(lambda x, i=i: x[0, i], upload)
+    if steps[i] == 0:
+      assert not flat(control).any()
+    else:
+      np.testing.assert_allclose(flat(control), -flat(delta) / (steps[i] * 0.1), rtol=1e-4)
 
 
 def test_a_zero_gradient_correction_is_plain_local_sgd():

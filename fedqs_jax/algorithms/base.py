@@ -67,6 +67,7 @@ class Broadcast(NamedTuple):
   # class_accuracy(params) -> ([C] accuracy in [0, 1], [C] example count) of a model
   # on the client's validation data (all-zero counts if it has none).
   class_accuracy: Callable[[Any], tuple[jnp.ndarray, jnp.ndarray]]
+  num_steps: jnp.ndarray | None = None  # [] int32 the task's local SGD steps (the engine's)
 
 
 class LocalTask(NamedTuple):
@@ -278,7 +279,7 @@ def payload_shape(algorithm: Algorithm, params: Params, client_state: Any, hpara
   def upload(p, clients):
     row = jax.tree.map(lambda x: x[0], clients)
     broadcast = Broadcast(
-      p, p, jnp.int32(0), jnp.int32(0), jnp.float32(1), lambda q: (None, None)
+      p, p, jnp.int32(0), jnp.int32(0), jnp.float32(1), lambda q: (None, None), jnp.int32(1)
     )  # client_end does not evaluate the probe
     return algorithm.client_end(row, broadcast, p, hparams)[0]
 

@@ -42,15 +42,11 @@ c_i+ - c_i also travels in the payload (the server has no access to client state
 a client row keeps c_i and the correction c - c_i of its task (`client_end` cannot see
 the server's c). Per grid point: payload 3 S P, client state 2 N P, server 2 P + Adam.
 
-K_i, the task's local steps, is not known to `client_end` (the engine does not pass it).
-Until the contract carries it, it is computed here from the client's example count with
-the options `cv_batch_size`, `cv_epochs`, `cv_steps`, which must equal `local.batch_size`,
-`local.epochs` and `local.steps` (the engine's `num_steps`).
+K_i, the task's local steps, is the engine's count for the client (`Broadcast.num_steps`).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -73,14 +69,6 @@ class FedACState(NamedTuple):
   optimizer: Any  # the server Adam's optax state
 
 
-def local_steps(count, batch_size: int, epochs: int, steps: int) -> jnp.ndarray:
-  """K_i of a client with `count` examples: epochs * ceil(count / B), or `steps` if > 0."""
-  count = jnp.asarray(count, jnp.int32)
-  if steps > 0:
-    return jnp.where(count > 0, steps, 0)
-  return epochs * ((count + batch_size - 1) // batch_size)
-
-
 def cosine(a: base.Params, b: base.Params) -> tuple[jnp.ndarray, jnp.ndarray]:
   """(cos(a, b) over all leaves flattened, whether it is defined: both nonzero)."""
   na, nb = optax.tree.norm(a), optax.tree.norm(b)
@@ -99,7 +87,7 @@ def arrival_weights(
   return jnp.where(total > 0, raw / jnp.where(total > 0, total, 1.0), 0.0)
 
 
-def fedac(cv_batch_size: int = 32, cv_epochs: int = 2, cv_steps: int = 0) -> base.Algorithm:
+def fedac() -> base.Algorithm:
   def optimizer(hparams):
     return optax.adam(hparams["server_lr"], b1=hparams["b1"], b2=hparams["b2"], eps=hparams["eps"])
 
@@ -120,7 +108,7 @@ def fedac(cv_batch_size: int = 32, cv_epochs: int = 2, cv_steps: int = 0) -> bas
 
   def client_end(row: FedACClientState, b: base.Broadcast, trained, hparams):
     update = jax.tree.map(jnp.subtract, trained, b.params)
-    k = local_steps(b.num_examples, cv_batch_size, cv_epochs, cv_steps)
+    k = b.num_steps
     scale = 1.0 / (jnp.maximum(k, 1).astype(jnp.float32) * hparams["lr"])
     # c_i+ = c_i - c + (w^v - w_i) / (K lr) = (w^v - w_i) / (K lr) - correction
     control = jax.tree.map(
@@ -161,18 +149,11 @@ def fedac(cv_batch_size: int = 32, cv_epochs: int = 2, cv_steps: int = 0) -> bas
   )
 
 
-COUNT = base.Range(1.0, math.inf)
-
 SPECS = (
   base.AlgorithmSpec(
     name="fedac",
     section="fedac",
-    build=lambda c, ctx: fedac(int(c.cv_batch_size), int(c.cv_epochs), int(c.cv_steps)),
-    options={  # the local-training settings K_i assumes: keep equal to local.*
-      "cv_batch_size": (32, COUNT),
-      "cv_epochs": (2, COUNT),
-      "cv_steps": (0, base.NON_NEGATIVE),
-    },
+    build=lambda c, ctx: fedac(),
     hparams={
       "server_lr": (0.01, base.POSITIVE),
       "b1": (0.9, base.FRACTION),
