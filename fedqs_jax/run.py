@@ -21,7 +21,6 @@ readers (`experiments.plot`) refuse a set that a killed run left half-written.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -31,28 +30,19 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 
 from fedqs_jax import checkpoint, distributed, io, program, report, schedule, sweep
 from fedqs_jax import config as config_lib
 from fedqs_jax import data as data_lib
-from fedqs_jax.errors import ConfigError, check
-
-CHECKPOINTS = "checkpoints"  # the workdir's folder of per-algorithm checkpoints
-LOCK = ".lock"  # the workdir's lock file (holds the running process's pid)
-RESULTS = ("config.json", "schedule.json", "metrics.csv", "summary.csv", "accuracy.png")
-
-
-def config_hash(config: ml_collections.ConfigDict) -> str:
-  """The sha256 of the resolved config (canonical JSON): what a result set came from."""
-  return io.digest(config.to_dict())
+from fedqs_jax import workdir as workdir_lib
+from fedqs_jax.errors import check
 
 
 def fingerprint(prog: program.Program) -> checkpoint.Fingerprint:
   """What a checkpoint of `prog`'s grid belongs to: its resolved config's hash, the
   algorithm (or variant) and the grid, every (point, seed) in order."""
   return {
-    "config_hash": config_hash(prog.config),
+    "config_hash": workdir_lib.config_hash(prog.config),
     "algorithm": prog.name,
     "grid": [[sweep.label(p), s] for p in prog.points for s in config_lib.seeds(prog.config)],
   }
@@ -150,79 +140,6 @@ def train(
   return out
 
 
-def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
-  """The dotted names of the fields where two JSON-like configs differ."""
-  if isinstance(a, dict) and isinstance(b, dict):
-    out = []
-    for key in sorted(set(a) | set(b)):
-      out += _differences(a.get(key), b.get(key), f"{prefix}{key}.")
-    return out
-  return [] if a == b else [prefix[:-1]]
-
-
-def _check_resumable(
-  config: ml_collections.ConfigDict, workdir: str, resume: bool, overwrite: bool = False
-) -> None:
-  """A workdir with another run's files is refused unless `overwrite`; one with
-  checkpoints continues only with `resume` and only with its own config."""
-  if overwrite:
-    return
-  folder = os.path.join(workdir, CHECKPOINTS)
-  saved = os.path.join(workdir, "config.json")
-  if not resume:
-    check(not os.path.isdir(folder) or not os.listdir(folder), "workdir", workdir,
-          f"holds checkpoints of an unfinished run ({folder}): pass --resume to continue "
-          "it, --overwrite to start over, or use another workdir")  # fmt: skip
-    present = [n for n in (*RESULTS, io.MANIFEST) if os.path.lexists(os.path.join(workdir, n))]
-    check(not present, "workdir", workdir,
-          f"holds the files of an earlier run ({', '.join(present)}): pass --overwrite to "
-          "replace them (or --resume to continue that run), or use another workdir")  # fmt: skip
-    return
-  if os.path.exists(saved):
-    with open(saved) as f:
-      before = json.load(f)
-    now = json.loads(json.dumps(config.to_dict(), default=io.jsonable))
-    changed = _differences(before, now)
-    check(not changed, "--resume", ", ".join(changed[:5]),
-          f"the config differs from the one of the run in {workdir} in these fields; "
-          "resume with the same config (or start a new workdir)")  # fmt: skip
-
-
-def _claim(
-  config: ml_collections.ConfigDict, workdir: str, resume: bool, overwrite: bool
-) -> io.FolderLock | None:
-  """Makes `workdir` this run's: process 0 creates it, locks it for the run's life
-  (returned), checks it (`_check_resumable`), removes a killed run's temporary files
-  and, with `overwrite`, the old manifest and checkpoints. Under `jax.distributed` the
-  other processes learn process 0's verdict, so every process stops on a refusal."""
-  error, lock = None, None
-  if distributed.is_writer():
-    try:
-      os.makedirs(workdir, exist_ok=True)
-      lock = io.FolderLock(os.path.join(workdir, LOCK)).acquire()
-      _check_resumable(config, workdir, resume, overwrite)
-      io.remove_temporaries(workdir, (*RESULTS, io.MANIFEST))
-      if overwrite:
-        io.remove_manifest(workdir)
-        shutil.rmtree(os.path.join(workdir, CHECKPOINTS), ignore_errors=True)
-    except io.Locked as e:
-      error = ConfigError(
-        f"workdir={workdir!r} is invalid: another run is using it ({e.holder}, {e.path}): "
-        "wait for it to end, stop it, or use another workdir"
-      )
-    except ConfigError as e:
-      error = e
-    if error is not None and lock is not None:
-      lock.release()
-  if jax.process_count() > 1:  # process 0's verdict, to every process
-    refused = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
-    if refused and error is None:
-      error = ConfigError(f"workdir={workdir!r} is invalid: process 0 refused it (see its error)")
-  if error is not None:
-    raise error
-  return lock
-
-
 def run(
   config: ml_collections.ConfigDict,
   workdir: str,
@@ -249,11 +166,11 @@ def run(
   # A workdir that exists is claimed at once (a busy or used one fails fast); a new one
   # once everything is validated, so that bad input creates nothing.
   early = jax.process_count() == 1 and os.path.isdir(workdir)
-  lock = _claim(config, workdir, resume, overwrite) if early else None
+  lock = workdir_lib.claim(config, workdir, resume, overwrite) if early else None
   try:
     groups, stamps = _prepare(config, workdir)
     if not early:
-      lock = _claim(config, workdir, resume, overwrite)
+      lock = workdir_lib.claim(config, workdir, resume, overwrite)
     return _train_and_write(config, workdir, stream, resume, groups, stamps)
   finally:
     if lock is not None:
@@ -277,7 +194,7 @@ def _prepare(config: ml_collections.ConfigDict, workdir: str) -> tuple[list, dic
 
 
 def _checkpoint_dir(workdir: str, tag: str, name: str) -> str:
-  return os.path.join(workdir, CHECKPOINTS, *([tag] if tag else []), name)
+  return os.path.join(workdir, workdir_lib.CHECKPOINTS, *([tag] if tag else []), name)
 
 
 def _train_and_write(config, workdir, stream, resume, groups, stamps) -> dict[str, Any]:
@@ -363,8 +280,10 @@ def _train_and_write(config, workdir, stream, resume, groups, stamps) -> dict[st
       report.curve_label,
       report.diverged_rounds(summary_rows),
     )
-    io.write_manifest(workdir, RESULTS, config_hash(config))  # last: the set is whole
-    shutil.rmtree(os.path.join(workdir, CHECKPOINTS), ignore_errors=True)
+    io.write_manifest(
+      workdir, workdir_lib.RESULTS, workdir_lib.config_hash(config)
+    )  # last: the set is whole
+    shutil.rmtree(os.path.join(workdir, workdir_lib.CHECKPOINTS), ignore_errors=True)
   print(report.results_table(summary_rows, config.target_accuracy), file=stream, flush=True)
   schedules = {sweep.label(g[0]): g[3] for g in groups}
   return {

@@ -24,6 +24,7 @@ import pytest
 from fedqs_jax import config as config_lib
 from fedqs_jax import io as io_lib
 from fedqs_jax import plotting, report, run
+from fedqs_jax import workdir as workdir_lib
 from fedqs_jax.errors import ConfigError
 from tests.common import ROOT, start_cli, tiny_args, tiny_config
 
@@ -109,7 +110,7 @@ def test_a_second_run_into_a_busy_workdir_exits_2_naming_the_first(tmp_path):
   first = start_cli(f"--workdir={workdir}", *long)
   try:
     deadline = time.time() + 240
-    while not (workdir / run.LOCK).exists() or not (workdir / run.LOCK).read_text():
+    while not (workdir / workdir_lib.LOCK).exists() or not (workdir / workdir_lib.LOCK).read_text():
       assert first.poll() is None, first.communicate()[1][-2000:]
       assert time.time() < deadline
       time.sleep(0.05)
@@ -123,7 +124,7 @@ def test_a_second_run_into_a_busy_workdir_exits_2_naming_the_first(tmp_path):
     first.send_signal(signal.SIGKILL)
     first.wait()
   # The OS released the killed run's lock: no stale lock.
-  io_lib.FolderLock(str(workdir / run.LOCK)).acquire().release()
+  io_lib.FolderLock(str(workdir / workdir_lib.LOCK)).acquire().release()
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +143,7 @@ def test_a_used_workdir_is_refused_without_overwrite(finished, overwritten):
   workdir = finished[0]
 
   def files():
-    return {p.name: p.read_bytes() for p in workdir.iterdir() if p.name != run.LOCK}
+    return {p.name: p.read_bytes() for p in workdir.iterdir() if p.name != workdir_lib.LOCK}
 
   before = files()
   with pytest.raises(ConfigError, match="--overwrite") as info:
@@ -156,7 +157,7 @@ def test_a_used_workdir_is_refused_without_overwrite(finished, overwritten):
   # With --overwrite: the new config's result set, whole; the killed writer's file gone.
   copy = overwritten[0]
   manifest = json.loads((copy / "manifest.json").read_text())
-  assert manifest["config_hash"] == run.config_hash(tiny_config(**EMPTY))
+  assert manifest["config_hash"] == workdir_lib.config_hash(tiny_config(**EMPTY))
   assert io_lib.manifest_problem(str(copy)) is None
   assert json.loads((copy / "config.json").read_text())["data"]["num_clients"] == 100
   assert not [p.name for p in copy.iterdir() if p.name.startswith(".tmp-")]
@@ -164,7 +165,7 @@ def test_a_used_workdir_is_refused_without_overwrite(finished, overwritten):
 
 def test_result_files_honour_the_umask(finished):
   workdir = finished[0]
-  for name in (*run.RESULTS, "manifest.json"):
+  for name in (*workdir_lib.RESULTS, "manifest.json"):
     assert os.stat(workdir / name).st_mode & 0o777 == 0o644, name
   with umask(0o077):
     io_lib.write_json(str(workdir / "private.json"), {})
