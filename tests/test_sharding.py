@@ -12,7 +12,11 @@ from fedqs_jax import program, run
 from tests.common import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OVERRIDES = {"sweep.local.lr": "0.05,0.1,0.2", "algorithms": "fedqs_sgd", "data.validation_fraction": 0.2}
+OVERRIDES = {
+  "sweep.local.lr": "0.05,0.1,0.2",
+  "algorithms": "fedqs_sgd",
+  "data.validation_fraction": 0.2,
+}
 
 SCRIPT = """
 import json, sys
