@@ -299,13 +299,14 @@ def test_safa_rounds_are_the_numpy_transcription(tol):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=f"round {t}")
   assert (resets > 0) == (tol != math.inf)  # the resets are exercised
   assert any(len(set(c.tolist())) < k for c, _ in rounds)  # and the duplicates
-  # The running sum is the weighted sum of the entries of the clients seen.
-  seen, reset = np.asarray(state.seen), np.asarray(state.reset)
-  entries = rows(state.cache)
+  # The running sum is the weighted sum of the cached rows (clients seen, not reset
+  # since); each reset client's entry is its cohort's.
+  cached = np.asarray(state.seen & ~state.reset)
+  close(flat(state.total), sizes[cached] @ rows(state.cache)[cached], rtol=1e-4, atol=1e-4)
   if tol != math.inf:
-    phase = np.asarray(state.last) % (tol + 1)
-    entries[reset] = rows(state.cohort)[phase[reset]]
-  close(flat(state.total), sizes[seen] @ entries[seen], rtol=1e-4, atol=1e-4)
+    reset, phase = np.asarray(state.reset), np.asarray(state.last) % (tol + 1)
+    sizes_by_phase = np.bincount(phase[reset], sizes[reset], minlength=tol + 1)
+    close(np.asarray(state.cohort_size), sizes_by_phase)
 
 
 def test_safa_with_every_client_fresh_and_no_lag_limit_is_fedavg():
@@ -341,6 +342,36 @@ def test_safa_learns_data_sizes_and_is_exact_once_every_client_arrived():
   assert np.abs(learned[2] - exact[2]).max() > 1e-3
   for a, b in zip(learned[3:], exact[3:], strict=True):
     close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_safa_updates_its_cache_in_place():
+  """A round reads and writes K rows of the [N, *params] cache: compiled as the engine
+  runs it (a scan over rounds, vmapped over the grid, state donated), XLA copies none of
+  its buffers (a copy would cost O(N P) per round)."""
+  n, k, num_rounds = 37, 4, 3
+  algo = safa.safa(np.full(n, 5.0))
+  state, _ = jax.vmap(lambda p: algo.init(p, n, {}))(params_like(0, (1,)))
+  rng = np.random.default_rng(7)
+  arr = Arrivals(
+    payload=params_like(1, (num_rounds, k)),
+    client=jnp.asarray(rng.integers(0, n, (num_rounds, k)), jnp.int32),
+    staleness=jnp.zeros((num_rounds, k), jnp.int32),
+    num_examples=jnp.full((num_rounds, k), 5.0),
+    version=jnp.zeros((num_rounds, k), jnp.int32),
+    mask=jnp.ones((num_rounds, k), bool),
+  )
+
+  def rounds(state, params, arr):
+    def one(carry, a):
+      params, state, _ = algo.aggregate(carry[1], carry[0], a, {})
+      return (params, state), None
+
+    return jax.lax.scan(one, (params, state), arr)[0]
+
+  chunk = jax.jit(jax.vmap(rounds, in_axes=(0, 0, None)), donate_argnums=0)
+  hlo = chunk.lower(state, params_like(0, (1,)), arr).compile().as_text()
+  assert "f32[1,37,4,3]" in hlo  # the cache is there
+  assert not [line for line in hlo.splitlines() if " copy(" in line and f"[1,{n}," in line]
 
 
 # -- FedAT ---------------------------------------------------------------------------

@@ -18,21 +18,28 @@ With `lag_reset=False` there is no lag tolerance (no resets). Only the server si
 SAFA is modelled: a reset client is not interrupted (its task in flight still arrives
 and is picked), and every task trains from the broadcast global model.
 
-Cost. Steps 2 and 3 are O(N P) as written; this module does them in O(K P) per round,
-exactly. It keeps the running sum S = sum_c n_c cache_c ([*params]), updated by the
-entries that change (an entry going from a to b adds n_c (b - a)); w = S / sum n. Reset
-entries are never written to the [N, *params] cache: a client reset at round r holds
-w^r, and it is reset again at r + C, C = lag_tolerance + 1, unless it arrives first.
-So the clients reset at rounds of the same phase r mod C form one cohort that is reset
-as a whole: C cohort entries [C, *params] with their members' total size. A round
-(i) reads the K arrivals' old entries and writes their rows; (ii) resets the cohort of
-phase t mod C in O(P) (S += its size (w^t - its entry)); (iii) moves into that cohort
-the clients whose last arrival was round t - C exactly, at most K of them (reading
-their rows; found from the [N] last-arrival rounds, O(N) integers); (iv) writes the
-bypassed rows. So at most 2K rows and two [*params] entries per round, whatever N:
-the clients not seen yet are one more cohort (step 3 needs no row of theirs either).
-Memory: the cache, plus C [*params] cohort entries; `lag_tolerance` is static (it
-sets C). Float32 rounding in S accumulates like in any running sum.
+Cost. Steps 2 and 3 are O(N P) as written; this module does them exactly in O((K + C)
+P) per round, whatever N. Reset entries are never written to the [N, *params] cache: a
+client reset at round r holds w^r and, unless it arrives first, is reset again at
+r + C, C = lag_tolerance + 1. So the clients reset at rounds of one phase r mod C form
+a cohort, reset as a whole: C cohort entries [C, *params] and their members' total
+sizes [C]. The module keeps the running sum S = sum of n_c cache_c over the clients
+with a cached row, updated by the rows that change, and per round
+
+  (i)   reads the K arriving clients' old rows, S += n_c (x - row) (a reset client
+        leaves its cohort's size instead, a client not seen yet the unseen group);
+  (ii)  resets the cohort of phase t mod C to w^t, and moves into it the clients whose
+        last arrival was round t - C, at most K (their rows leave S; found from the
+        [N] last-arrival rounds, O(N) integers);
+  (iii) w = (S + sum_p size_p cohort_p + unseen size x unseen entry) / sum n  (O(C P));
+  (iv)  writes the K arriving clients' rows (each client's last arrival), in place.
+
+At most 2K rows of the cache are read and K written per round. The clients not seen
+yet are one more group (w^0, or the global model of their last common reset).
+`lag_tolerance` is static (it sets C). Float32 rounding in S accumulates like in any
+running sum. Measured on CPU (P = 50,000, K = 10, in a jitted scan): ~1 ms per round
+for N = 100, 1,000 and 10,000, while one O(N P) weighted sum over the cache takes
+0.6, 8 and 40 ms.
 
 Data sizes. The weights need every client's n_c, which the algorithm contract does
 not provide (`BuildContext` has no data sizes; `Arrivals` carries the arriving
@@ -58,7 +65,7 @@ class SAFAState(NamedTuple):
   cache: base.Params  # [N, *params] the entries of the clients seen and not reset since
   cohort: base.Params  # [C, *params] the entry of the clients reset at rounds of phase p
   cohort_size: jnp.ndarray  # [C] float32 the total size n of each cohort's members
-  total: base.Params  # [*params] S = sum over the clients seen of n_c entry_c
+  total: base.Params  # [*params] S = sum of n_c cache_c over the clients with a cached row
   unseen: base.Params  # [*params] the common entry of the clients not seen yet
   size: jnp.ndarray  # [N] float32 n_c (0 until seen, unless the sizes were given)
   seen: jnp.ndarray  # [N] bool the client has arrived at least once
@@ -68,13 +75,27 @@ class SAFAState(NamedTuple):
   round: jnp.ndarray  # [] int32 t
 
 
-def _rows(tree: base.Params, index: jnp.ndarray) -> base.Params:
+def _read(tree: base.Params, index: jnp.ndarray) -> base.Params:
   return jax.tree.map(lambda x: x[index], tree)
 
 
-def _set_rows(tree: base.Params, index: jnp.ndarray, rows: base.Params) -> base.Params:
-  """tree[index] = rows, dropping out-of-range indices (masked entries point past N)."""
-  return jax.tree.map(lambda x, r: x.at[index].set(r, mode="drop"), tree, rows)
+def _write_after(
+  tree: base.Params, index: jnp.ndarray, rows: base.Params, reads: tuple, n: int
+) -> base.Params:
+  """tree[index] = rows (out-of-range indices dropped), after the `reads` of `tree`.
+
+  XLA updates a buffer in place only if it can order every read of the old buffer
+  before the write; otherwise it copies the whole buffer ([N, *params]: twice per
+  round on XLA:CPU). So the written index depends on the reads: it is never out of
+  range in fact (a number is not both NaN and infinite), but XLA cannot prove so.
+  """
+
+  def one(x, r, *read):
+    d = sum(v.ravel()[0] for v in read)
+    i = jnp.where(jnp.isnan(d) & jnp.isinf(d), n, index)
+    return x.at[i].set(r, mode="drop")
+
+  return jax.tree.map(one, tree, rows, *reads)
 
 
 def _axpy(total: base.Params, a: jnp.ndarray, x: base.Params) -> base.Params:
@@ -134,51 +155,54 @@ def safa(
     earlier = jnp.tril(same, -1).any(axis=1)  # an earlier arrival of the same client
     later = jnp.triu(same, 1).any(axis=1)
     picked = mask & ~earlier
-    size, seen, reset, last = s.size, s.seen, s.reset, s.last
-    cohort, cohort_size = s.cohort, s.cohort_size
+    bypassed = mask & earlier & ~later  # a client's last duplicate of the round
 
-    # 1. Picked arrivals replace their entries: S += n_c (x - old entry), 0 if unseen.
+    # 1. Picked arrivals replace their entries: S += n_c x, and the old entry leaves
+    # S (a cached row) or its cohort's size (a reset client) or the unseen group.
     n_pick = jnp.where(picked, arrivals.num_examples, 0.0)
-    n_row = jnp.where(seen[client] & ~reset[client], n_pick, 0.0)
+    n_row = jnp.where(s.seen[client] & ~s.reset[client], n_pick, 0.0)
+    reads = (_read(s.cache, client),)
     total = _weighted_add(s.total, n_pick, x)
-    total = _weighted_add(total, -n_row, _rows(s.cache, client))
-    if c_slots:  # the picked members of cohorts leave them
-      phase = last[client] % c_slots
-      n_cohort = jnp.where(reset[client], n_pick, 0.0)
-      total = _weighted_add(total, -n_cohort, _rows(cohort, phase))
-      cohort_size = cohort_size.at[phase].add(-n_cohort)
+    total = _weighted_add(total, -n_row, reads[0])
     pick_index = jnp.where(picked, client, n_clients)
-    cache = _set_rows(s.cache, pick_index, x)
-    size = size.at[pick_index].set(arrivals.num_examples, mode="drop")
-    seen = seen.at[pick_index].set(True, mode="drop")
-    reset = reset.at[pick_index].set(False, mode="drop")
-    last = last.at[pick_index].set(t, mode="drop")
-
-    # 2. Lag resets to w^t: the cohort of phase t mod C, and the clients whose last
-    # arrival was round t - C (at most K) join it.
+    size = s.size.at[pick_index].set(arrivals.num_examples, mode="drop")
+    seen = s.seen.at[pick_index].set(True, mode="drop")
+    reset = s.reset.at[pick_index].set(False, mode="drop")
+    last = s.last.at[pick_index].set(t, mode="drop")
+    cohort, cohort_size = s.cohort, s.cohort_size
     unseen, unseen_last = s.unseen, s.unseen_last
     num_reset = jnp.zeros((), jnp.int32)
     if c_slots:
+      cohort_size = cohort_size.at[s.last[client] % c_slots].add(
+        -jnp.where(s.reset[client], n_pick, 0.0)
+      )
+
+      # 2. Lag resets to w^t: the cohort of phase t mod C, joined by the clients whose
+      # last arrival was round t - C (at most K; not arriving now: their rows are read
+      # before the cache is written) whose rows leave S.
       p = t % c_slots
       members = reset & (last % c_slots == p)
-      total = _axpy(total, cohort_size[p], params)
-      total = _axpy(total, -cohort_size[p], _rows(cohort, p))
       joining = seen & ~reset & (last == t - c_slots)
-      index = jnp.nonzero(joining, size=k, fill_value=n_clients)[0]
-      valid = index < n_clients
-      n_join = jnp.where(valid, size[jnp.minimum(index, n_clients - 1)], 0.0)
-      total = _axpy(total, jnp.sum(n_join), params)
-      total = _weighted_add(total, -n_join, _rows(cache, jnp.minimum(index, n_clients - 1)))
-      cohort = jax.tree.map(lambda c, w: c.at[p].set(w), cohort, params)
+      join = jnp.nonzero(joining, size=k, fill_value=n_clients)[0]
+      valid = join < n_clients
+      join = jnp.minimum(join, n_clients - 1)
+      n_join = jnp.where(valid, size[join], 0.0)
+      reads += (_read(s.cache, join),)
+      total = _weighted_add(total, -n_join, reads[1])
+      slot = jnp.arange(c_slots) == p  # O(C P), like the weighted sum of the cohorts below
+      cohort = jax.tree.map(
+        lambda c, w: jnp.where(slot.reshape((-1,) + (1,) * w.ndim), w[None], c), cohort, params
+      )
       cohort_size = cohort_size.at[p].add(jnp.sum(n_join))
-      reset = reset.at[index].set(True, mode="drop")
-      last = last.at[index].set(t, mode="drop")
+      join_index = jnp.where(valid, join, n_clients)
+      reset = reset.at[join_index].set(True, mode="drop")
+      last = last.at[join_index].set(t, mode="drop")
       num_reset = jnp.sum(members) + jnp.sum(valid)
       unseen_reset = t - unseen_last >= c_slots
       unseen = base.tree_where(unseen_reset, params, unseen)
       unseen_last = jnp.where(unseen_reset, t, unseen_last)
 
-    # 3. w = (S + unseen size x unseen entry) / sum of all n_c.
+    # 3. w = (S + sum_p size_p cohort_p + unseen size x unseen entry) / sum of all n_c.
     num_seen = jnp.sum(seen)
     seen_size = jnp.sum(jnp.where(seen, size, 0.0))
     if sizes is None:  # the mean size of the clients seen
@@ -187,17 +211,20 @@ def safa(
       unseen_size = jnp.sum(jnp.where(seen, 0.0, size))
     weight = seen_size + unseen_size
     inv = jnp.where(weight > 0, 1.0 / jnp.where(weight > 0, weight, 1.0), 0.0)
-    mixed = jax.tree.map(
-      lambda tot, u: (tot + unseen_size.astype(u.dtype) * u) * inv.astype(u.dtype), total, unseen
-    )
+    entries = _axpy(total, unseen_size, unseen)
+    if c_slots:
+      entries = _weighted_add(entries, cohort_size, cohort)
+    mixed = jax.tree.map(lambda e: e * inv.astype(e.dtype), entries)
     new = base.tree_where(weight > 0, mixed, params)
 
-    # 4. Bypassed arrivals (a client's last duplicate of the round) enter the cache now.
-    bypassed = mask & earlier & ~later
+    # 4. Bypassed arrivals replace the picked one of their client after the aggregation:
+    # S += n_c (x_last - x_first). The cache gets each arriving client's last arrival.
     n_bypass = jnp.where(bypassed, arrivals.num_examples, 0.0)
+    first = jnp.argmax(same, axis=1)  # the client's first arrival of the round
     total = _weighted_add(total, n_bypass, x)
-    total = _weighted_add(total, -n_bypass, _rows(cache, client))
-    cache = _set_rows(cache, jnp.where(bypassed, client, n_clients), x)
+    total = _weighted_add(total, -n_bypass, _read(x, first))
+    last_arrival = jnp.where(mask & ~later, client, n_clients)
+    cache = _write_after(s.cache, last_arrival, x, reads, n_clients)
 
     state = SAFAState(cache, cohort, cohort_size, total, unseen, size, seen, reset, last,
                       unseen_last, t + 1)  # fmt: skip
