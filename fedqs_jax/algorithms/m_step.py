@@ -47,7 +47,10 @@ second does not see the first's model and neither continues: with the current en
 the own-model branch never fires on any protocol (`dispatch_own_model` counts it).
 Reproducing the reference's tick behaviour needs the engine to tell a task whether
 its start directly follows an aggregation, and to chain a client's repeated tasks of
-one dispatch.
+one dispatch. How much that matters: in the reference loop with its four latency files
+(K = 10, 400 rounds) the backlog makes aggregations almost every tick, and 0.2% (N=200,
+1:50), 2.2% (N=100, 1:50), 6.0% (N=50, 1:20) and 6.4% (N=200, 1:100) of the restarts
+would continue from the local model.
 """
 
 from __future__ import annotations
