@@ -12,6 +12,7 @@ array over the grid (`grid_hparams`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -19,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from fedqs_jax import algorithms, memory, models, schedule, sweep
 from fedqs_jax import config as config_lib
@@ -213,7 +215,10 @@ def build_program(
   """The program of algorithm (or variant) `name` of `config` on `data`."""
   base_name, resolved = config_lib.resolve(name, config)
   module, model = config_model_fns(resolved, data.num_classes, data.x_train[:1])
-  algorithm, own = algorithms.build(base_name, resolved, config_lib.build_context(resolved))
+  context = dataclasses.replace(
+    config_lib.build_context(resolved), num_examples=np.asarray(data.client_count)
+  )
+  algorithm, own = algorithms.build(base_name, resolved, context)
   loc = resolved.local
   hparams = {**{k: float(loc[k]) for k in LOCAL_HPARAMS}, **own}
   names = algorithms.hparam_names(base_name)

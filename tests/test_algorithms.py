@@ -64,7 +64,7 @@ def uploads(algo, hparams, seed=0, num_examples=None, staleness=None):
   for i in range(K):
     b = Broadcast(
       params, params, jnp.int32(i), jnp.int32(0), jnp.float32(n[i]),
-      lambda p: (jnp.ones(3), jnp.full(3, 20.0)),
+      lambda p: (jnp.ones(3), jnp.full(3, 20.0)), jnp.int32(2 * (n[i] > 0)),
     )  # fmt: skip
     row = jax.tree.map(lambda x, i=i: x[i], clients)
     _, row, _ = algo.client_begin(row, server, b, hparams)
@@ -106,7 +106,7 @@ def test_contract_client_side_payload(name):
   params, trained = params_like(0), params_like(1)
   b = Broadcast(
     params, params, jnp.int32(3), jnp.int32(2), jnp.float32(5),
-    lambda p: (jnp.ones(3), jnp.full(3, 20.0)),
+    lambda p: (jnp.ones(3), jnp.full(3, 20.0)), jnp.int32(2),
   )  # fmt: skip
   server, clients = algo.init(params, 10, hparams)
   row = jax.tree.map(lambda x: x[3], clients)

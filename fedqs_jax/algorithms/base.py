@@ -149,11 +149,13 @@ class BuildContext:
     num_clients: N.
     routing: [N] float64 routing probabilities of a `queueing` run (uniform otherwise).
     latency: [N] float64 the clients' mean service times known to the time model.
+    num_examples: [N] the clients' training-set sizes (None where no data is loaded).
   """
 
   num_clients: int
   routing: np.ndarray
   latency: np.ndarray
+  num_examples: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)

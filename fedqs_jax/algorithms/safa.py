@@ -248,9 +248,7 @@ SPECS = (
     name="safa",
     section="safa",
     # BuildContext has no data sizes today: SAFA learns them (see the module docstring).
-    build=lambda c, ctx: safa(
-      getattr(ctx, "num_examples", None), int(c.lag_tolerance), bool(c.lag_reset)
-    ),
+    build=lambda c, ctx: safa(ctx.num_examples, int(c.lag_tolerance), bool(c.lag_reset)),
     options={"lag_tolerance": (10, base.Range(0, math.inf)), "lag_reset": (True, None)},
     doc="SAFA: a cache of every client's latest model, lag-tolerant resets, weighted mean",
   ),
