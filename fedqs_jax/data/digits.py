@@ -72,6 +72,20 @@ def load_digits(
   x = (x / 16.0).astype(np.float32).reshape(-1, 8, 8, 1)
   y = y.astype(np.int32)
 
+  return split_and_partition(x, y, num_clients, partition, dirichlet_alpha, test_fraction, seed)
+
+
+def split_and_partition(
+  x: np.ndarray,
+  y: np.ndarray,
+  num_clients: int,
+  partition: str,
+  dirichlet_alpha: float,
+  test_fraction: float,
+  seed: int,
+) -> FederatedData:
+  """A labelled image set split train/test stratified (stream [seed, 0]) and its training
+  part partitioned over the clients (stream [seed, 1]): digits' layout, 10 classes."""
   split_rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
   part_rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
   train_idx, test_idx = stratified_split(y, test_fraction, split_rng)

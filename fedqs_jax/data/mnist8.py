@@ -37,9 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from fedqs_jax.data import packaged
-from fedqs_jax.data import partition as partition_lib
 from fedqs_jax.data.base import FederatedData
-from fedqs_jax.data.digits import stratified_split
+from fedqs_jax.data.digits import split_and_partition
 from fedqs_jax.errors import ConfigError, check
 
 NUM_CLASSES = 10
@@ -157,14 +156,4 @@ def load_mnist8(
   images, y = read_images(files_folder(data_dir, download) / FILE)
   x = (to_digits_format(images) / 16.0).astype(np.float32).reshape(-1, 8, 8, 1)
 
-  split_rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
-  part_rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
-  train_idx, test_idx = stratified_split(y, test_fraction, split_rng)
-  y_train = y[train_idx]
-  if partition == "iid":
-    parts = partition_lib.iid(len(train_idx), num_clients, part_rng)
-  else:
-    parts = partition_lib.hetero_dirichlet(y_train, num_clients, dirichlet_alpha, part_rng)
-  return partition_lib.pack(
-    x[train_idx], y_train, parts, x[test_idx], y[test_idx], num_classes=NUM_CLASSES
-  )
+  return split_and_partition(x, y, num_clients, partition, dirichlet_alpha, test_fraction, seed)
