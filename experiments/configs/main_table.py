@@ -21,8 +21,8 @@ summary.csv per seed): final accuracy = mean of the last 10 evaluations, mean +-
 (population) over the 3 seeds; best accuracy; rounds and simulated time to the target,
 averaged over the seeds that reached it (how many in parentheses); oscillation = std of
 the accuracy over the last 20% of evaluations, in points. accuracy.png holds the curves.
-Each variant's function below documents its observed table (2 shared CPU cores, other
-jobs running: load average 4-7).
+Each variant's function below documents its observed table (2 CPU cores shared with other
+jobs; the algorithms as of commit 3913207).
 
 The paper's orderings (FedQS-SGD above WKAFL, FedQS-Avg above M-step), as observed:
 
@@ -59,7 +59,8 @@ def digits() -> ml_collections.ConfigDict:
     python -m experiments.main --config=experiments/configs/main_table.py:digits \
         --workdir=runs/main_table_digits
 
-  Observed: 3 min 05 s wall (about 15 s per method, mostly compilation), 0.9 GB peak.
+  Observed: 1 min 14 s wall at load average ~1, 3 min 05 s at ~6 (mostly compilation),
+  0.9 GB peak.
 
     algorithm           final acc  best acc    rounds to 80%      time to 80% oscillation
     -------------------------------------------------------------------------------------
@@ -69,9 +70,9 @@ def digits() -> ml_collections.ConfigDict:
     fedsgd          90.90 +- 0.26     92.01         77 (3/3)         88 (3/3)        0.59
     wkafl           86.04 +- 0.46     87.19        110 (3/3)        122 (3/3)        0.57
     fedqs_sgd       90.97 +- 0.37     92.01         77 (3/3)         88 (3/3)        0.61
-    safa            61.31 +- 3.73     66.95            never            never        2.84
+    safa            61.36 +- 3.72     67.04            never            never        2.83
     fedat           18.47 +- 1.08     35.65            never            never        7.95
-    fedac           49.49 +- 7.53     82.82        135 (2/3)        148 (2/3)        8.34
+    fedac           50.21 +- 7.27     79.02        125 (2/3)        138 (2/3)        6.76
     fedbuff         87.75 +- 0.25     88.30        140 (3/3)        152 (3/3)        0.35
     ca2fl           75.65 +- 2.51     87.65         60 (3/3)         71 (3/3)        4.29
     fadas           87.70 +- 1.71     89.14        123 (3/3)        136 (3/3)        1.04
@@ -80,8 +81,8 @@ def digits() -> ml_collections.ConfigDict:
   rounds/time to 80%; the paper's CV task is CIFAR-10, not run here). FedQS-SGD is level
   with FedSGD (90.97 vs 90.90). With their default hyperparameters FedAT collapses when
   its cross-tier weights take over (identical to FedAvg for its 30 warm-up rounds, then
-  9.7% at round 40 on seed 0), and FedAC and CA2FL oscillate (best 82.8 / 87.7, final
-  49.5 / 75.7).
+  9.7% at round 40 on seed 0), and FedAC and CA2FL oscillate (best 79.0 / 87.7, final
+  50.2 / 75.7).
   """
   return fedqs_digits.get_config()
 
@@ -104,7 +105,7 @@ def adult_gender() -> ml_collections.ConfigDict:
     python -m experiments.main --config=experiments/configs/main_table.py:adult_gender \
         --workdir=runs/main_table_adult_gender
 
-  Observed: 5 min 35 s wall (20-35 s per method), 1.1 GB peak.
+  Observed: 2 min 51 s wall at load average ~3, 5 min 35 s at ~6; 1.1 GB peak.
 
     algorithm           final acc  best acc    rounds to 80%      time to 80% oscillation
     -------------------------------------------------------------------------------------
@@ -137,7 +138,7 @@ def adult_ethnicity() -> ml_collections.ConfigDict:
     python -m experiments.main --config=experiments/configs/main_table.py:adult_ethnicity \
         --workdir=runs/main_table_adult_ethnicity
 
-  Observed: 6 min 04 s wall (20-40 s per method), 1.1 GB peak.
+  Observed: 6 min 04 s and 6 min 24 s wall at load average ~4-6, 1.1 GB peak.
 
     algorithm           final acc  best acc    rounds to 80%      time to 80% oscillation
     -------------------------------------------------------------------------------------
@@ -170,7 +171,7 @@ def shakespeare_cpu() -> ml_collections.ConfigDict:
     python -m experiments.main --config=experiments/configs/main_table.py:shakespeare_cpu \
         --workdir=runs/main_table_shakespeare_cpu
 
-  Observed: 7 min 33 s wall (30-47 s per method), 1.2 GB peak.
+  Observed: 7 min 33 s wall at load average ~5 (30-47 s per method), 1.2 GB peak.
 
     algorithm           final acc  best acc    rounds to 25%      time to 25% oscillation
     -------------------------------------------------------------------------------------
