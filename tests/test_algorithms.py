@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.flatten_util import ravel_pytree
 
 from experiments.configs import default
 from fedqs_jax import algorithms
@@ -19,6 +20,16 @@ def params_like(seed: int, lead=()):
     "dense": {"kernel": jnp.asarray(rng.normal(size=(*lead, 4, 3)), jnp.float32)},
     "bias": jnp.asarray(rng.normal(size=(*lead, 3)), jnp.float32),
   }
+
+
+def flat(tree) -> np.ndarray:
+  """A pytree's leaves flattened into one float64 vector."""
+  return np.asarray(ravel_pytree(tree)[0], np.float64)
+
+
+def rows(stacked) -> np.ndarray:
+  """[K, P]: each entry of a pytree with leading axis K, flattened like `flat`."""
+  return np.asarray(jax.vmap(lambda t: ravel_pytree(t)[0])(stacked), np.float64)
 
 
 def arrivals(seed=0, k=K, staleness=None, num_examples=None):

@@ -7,13 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.flatten_util import ravel_pytree
 
 from fedqs_jax import data as data_lib
 from fedqs_jax import program, run
 from fedqs_jax.algorithms import Arrivals, Broadcast, LocalTask, fadas, fedac
 from tests.common import finish, start_cli, tiny_args, tiny_config
-from tests.test_algorithms import build, params_like
+from tests.test_algorithms import build, flat, params_like, rows
 from tests.test_engine import handmade_data, make_engine
 
 CLI_ALGORITHMS = "fedprox,ca2fl,fadas,fedac"
@@ -27,15 +26,6 @@ def cli_run(tmp_path_factory):
   yield proc, workdir
   if proc.poll() is None:
     proc.kill()
-
-
-def flat(tree) -> np.ndarray:
-  return np.asarray(ravel_pytree(tree)[0], np.float64)
-
-
-def rows(stacked) -> np.ndarray:
-  """[K, P]: each entry of a pytree with leading axis K, flattened like `flat`."""
-  return np.asarray(jax.vmap(lambda t: ravel_pytree(t)[0])(stacked), np.float64)
 
 
 def arrivals_of(payload, client, staleness, mask=None):

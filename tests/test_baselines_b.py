@@ -13,7 +13,7 @@ from jax.flatten_util import ravel_pytree
 
 from fedqs_jax.algorithms import Arrivals, Broadcast, fedat, m_step, safa
 from tests.common import finish, start_cli, tiny_args
-from tests.test_algorithms import build, params_like
+from tests.test_algorithms import build, flat, params_like, rows
 
 ALGORITHMS = "m_step,wkafl,safa,fedat"
 PROTOCOLS = ("semi_async", "sync", "tick")
@@ -35,15 +35,6 @@ def cli_runs(tmp_path_factory):
   for proc, _ in procs.values():
     if proc.poll() is None:
       proc.kill()
-
-
-def flat(tree) -> np.ndarray:
-  return np.asarray(ravel_pytree(tree)[0], np.float64)
-
-
-def rows(stacked) -> np.ndarray:
-  """[K, P]: each entry of a pytree with leading axis K, flattened like `flat`."""
-  return np.asarray(jax.vmap(lambda t: ravel_pytree(t)[0])(stacked), np.float64)
 
 
 def unflat(vector, like):
