@@ -1,6 +1,6 @@
 """One algorithm of a run as a program: its model, algorithm, hyperparameters and engine.
 
-`build_program(config, name, data, sched)` is the one place that turns a config into
+`build_program(config, name, data, num_slots)` is the one place that turns a config into
 what trains: `run.train`, the memory estimate and the benchmarks all use it, so what
 they measure is what a run executes.
 
