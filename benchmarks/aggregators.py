@@ -34,7 +34,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import loadavg, table, timed, version
+from common import compilation_cache, loadavg, table, timed, version
 
 from experiments.configs import default as default_config
 from fedqs_jax import algorithms, memory
@@ -148,6 +148,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
   args = parse_args(argv)
+  compilation_cache()  # a fresh temporary cache: the compiles it times stay cold
   names = [n for n in args.algorithms.split(",") if n] or list(algorithms.names())
   if "fedsgd" not in names:
     names.insert(0, "fedsgd")

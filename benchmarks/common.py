@@ -1,5 +1,5 @@
 """What the benchmark programs share: timing, plain-text tables, the machine's state,
-and the schedule phase's arrivals per second.
+the compilation cache, and the schedule phase's arrivals per second.
 
 The benchmarks run as scripts (`python benchmarks/<name>.py`), so this module is
 imported as their sibling. It imports JAX only inside the functions that use it, so a
@@ -55,6 +55,30 @@ def version(package: str) -> str:
     return _metadata_version(package)
   except Exception:  # noqa: BLE001
     return "?"
+
+
+def compilation_cache(times_compiles: bool = True) -> str | None:
+  """Enables JAX's persistent compilation cache for a benchmark: call it at the start of
+  `main`, before anything compiles. Returns the folder (None: no cache).
+
+  A benchmark that times compiles (`times_compiles`) gets a fresh, empty temporary folder,
+  removed at exit: its compiles stay cold, each paying the write of its entry as a first
+  run does with the cache on (the default of every run), and the user's cache neither
+  serves nor grows. Others use the user's cache (`fedqs_jax.compilation_cache.enable`:
+  `$FEDQS_JAX_COMPILATION_CACHE`, else `~/.cache/fedqs_jax/xla`).
+  `$FEDQS_JAX_COMPILATION_CACHE=off` turns it off for every benchmark.
+  """
+  import atexit
+  import shutil
+  import tempfile
+
+  from fedqs_jax import compilation_cache
+
+  if not times_compiles or compilation_cache.resolve()[0] is None:
+    return compilation_cache.enable()
+  folder = tempfile.mkdtemp(prefix="fedqs_bench_xla_")
+  atexit.register(shutil.rmtree, folder, ignore_errors=True)
+  return compilation_cache.enable(folder)
 
 
 def measure_schedule(

@@ -45,7 +45,7 @@ import time
 import jax
 import ml_collections
 import optax
-from common import loadavg, table, timed, version
+from common import compilation_cache, loadavg, table, timed, version
 
 from fedqs_jax import models
 from fedqs_jax.models import dual
@@ -95,6 +95,7 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--steps", type=int, default=100)
   parser.add_argument("--repeats", type=int, default=7)
   args = parser.parse_args(argv)
+  compilation_cache()  # a fresh temporary cache: the compiles it times stay cold
   kx, ky, kp = jax.random.split(jax.random.PRNGKey(0), 3)
   xs = jax.random.normal(kx, (args.steps, 32, 8, 8, 1))
   ys = jax.random.randint(ky, (args.steps, 32), 0, 10)

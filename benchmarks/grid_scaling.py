@@ -88,7 +88,7 @@ import sys
 import time
 from typing import Any
 
-from common import loadavg, table, version
+from common import compilation_cache, loadavg, table, version
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT = "GRID_SCALING_RESULT "  # prefix of the child's result line
@@ -633,6 +633,7 @@ def memory_section(all_runs: list[dict], report: list[str]) -> dict:
 
 def main(argv: list[str]) -> int:
   args = parse_args(argv)
+  compilation_cache()  # a fresh temporary cache: the compiles it times stay cold
   if args.child:
     result = run_child(json.loads(args.child))
     print(RESULT + json.dumps(result), flush=True)

@@ -44,7 +44,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import loadavg, table, timed, version
+from common import compilation_cache, loadavg, table, timed, version
 
 from experiments.configs import default as default_config
 from fedqs_jax import config as config_lib
@@ -182,6 +182,7 @@ def measure(args, num_clients: int) -> dict:
 
 def main(argv: list[str]) -> int:
   args = parse_args(argv)
+  compilation_cache()  # a fresh temporary cache: the compiles it times stay cold
   start, load = time.perf_counter(), loadavg()
   results = [measure(args, int(n)) for n in args.clients.split(",")]
   base_new = results[0]["new"]

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from common import loadavg, table
+from common import compilation_cache, loadavg, table
 
 from fedqs_jax import queueing
 
@@ -262,6 +262,7 @@ def report(results: list[dict], opt: dict | None, env: dict, wall: float) -> str
 
 def main(argv: list[str]) -> int:
   args = parse_args(argv)
+  compilation_cache()  # a fresh temporary cache: the compiles it times stay cold
   start = now()
   env = {
     "devices": [str(d) for d in jax.devices()],
