@@ -18,7 +18,9 @@ model and the backend:
 
   client_mode  "vmap"   the dispatched clients of a round trained in lockstep;
                "map"    one after another with `lax.map` (a while loop);
-               "unroll" one after another in straight-line code.
+               "unroll" one after another in straight-line code;
+               "lanes"  work-balanced: the round's tasks of all grid points on a
+                        device packed into lanes that run tasks back to back.
   round_mode   "scan"   the rounds of a chunk as a `lax.scan`;
                "unroll" the rounds of a chunk in straight-line code.
   local_unroll unroll factor of the local-steps scan (True: fully unrolled).
@@ -27,6 +29,16 @@ On XLA:CPU convolutions inside loops are slow, so CNNs run fastest in
 `unroll` modes, but their compile time grows with the unrolled work (clients x
 local steps x rounds per chunk: tens of seconds per round); dense models want
 `vmap` (or `map`) + `scan`. `benchmarks/throughput.py` measures each.
+
+Lockstep (`vmap`) training runs every task of a round, in every grid point, as
+long as the longest of them: with skewed client sizes most of the executed steps
+are padding (a third of them real on a CIFAR-10 Dirichlet 0.1 split, a sixth for
+a grid). `lanes` packs the Gd x K tasks of a round (Gd: the grid points on one
+device) longest first into L lanes (`pack_lanes`, on device, from the schedule's
+step counts) and runs the lanes vmapped for as many steps as the longest lane:
+each task still runs `local_train`'s exact steps, minibatches and arithmetic, and
+`client_begin` / `client_end` run per task as before. `benchmarks/lanes.py`
+measures the useful fraction and the real client-steps/s of both.
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ from typing import Any, NamedTuple
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from fedqs_jax.algorithms.base import (
@@ -52,7 +65,7 @@ from fedqs_jax.algorithms.base import (
 from fedqs_jax.data.base import FederatedData
 from fedqs_jax.schedule import RoundEvents
 
-CLIENT_MODES = ("vmap", "map", "unroll")
+CLIENT_MODES = ("vmap", "map", "unroll", "lanes")
 ROUND_MODES = ("scan", "unroll")
 LOCAL_LOOPS = ("while", "scan")
 
@@ -72,6 +85,7 @@ class ExecConfig:
   round_mode: str = "scan"
   local_loop: str = "while"
   local_unroll: int | bool = 1  # for local_loop="scan"
+  lanes: int = 0  # client_mode="lanes": lanes per device (0: sized from the data, see `num_lanes`)
   rounds_per_chunk: int = 10  # rounds per jitted call; the global model is evaluated after each
   eval_batch_size: int = 1024
 
@@ -126,6 +140,41 @@ def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, mask: jnp.ndarray) -
   return jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1)
 
 
+def task_keys(key: jax.Array, version, slots) -> jax.Array:
+  """The keys of the tasks dispatched with `version` into `slots` ([K]) from a run's key."""
+  version_key = jax.random.fold_in(key, version)
+  return jax.vmap(lambda s: jax.random.fold_in(version_key, s))(slots)
+
+
+def pack_lanes(lengths: jnp.ndarray, num_lanes: int):
+  """Packs tasks of `lengths` steps into `num_lanes` lanes, longest first, each to the
+  least-loaded lane (LPT; a lane's load is at most 4/3 of the best packing's longest).
+
+  Returns `offset` [M] (the lane step a task starts at), `following` [M] (the task its
+  lane runs next, -1: none), `first` [L] (each lane's first task, -1: none) and `span`
+  [] (the longest lane's steps). Tasks of length 0 are left out.
+  """
+  m = lengths.shape[0]
+
+  def assign(carry, t):
+    loads, last, following, first, offset = carry
+    n = lengths[t]
+    lane = jnp.argmin(loads)
+    real, previous = n > 0, last[lane]
+    offset = offset.at[t].set(loads[lane])
+    following = following.at[jnp.where(real & (previous >= 0), previous, m)].set(t, mode="drop")
+    first = first.at[jnp.where(real & (previous < 0), lane, num_lanes)].set(t, mode="drop")
+    last = last.at[jnp.where(real, lane, num_lanes)].set(t, mode="drop")
+    return (loads.at[lane].add(jnp.where(real, n, 0)), last, following, first, offset), None
+
+  none = jnp.full((num_lanes,), -1, jnp.int32)
+  carry = (jnp.zeros((num_lanes,), jnp.int32), none, jnp.full((m,), -1, jnp.int32), none)
+  carry = (*carry, jnp.zeros((m,), jnp.int32))
+  order = jnp.argsort(-lengths, stable=True).astype(jnp.int32)
+  (loads, _, following, first, offset), _ = jax.lax.scan(assign, carry, order)
+  return offset, following, first, jnp.max(loads)
+
+
 class Engine:
   """Builds the jitted functions of one (algorithm, model, data shape, static config).
 
@@ -164,10 +213,10 @@ class Engine:
     self.steps_per_epoch = max(math.ceil(self.max_client_size / local.batch_size), 1)
     self.num_local_steps = local.steps if local.steps > 0 else local.epochs * self.steps_per_epoch
     self.traces = 0  # how many times the chunk function was traced (compiled)
-    self.init = jax.jit(jax.vmap(self._init, in_axes=(0, 0, 0, 0, 0, 0, None)))
-    self.run_chunk = jax.jit(
-      jax.vmap(self._run_chunk, in_axes=(0, 0, 0, None)), donate_argnums=(0,)
-    )
+    counts = np.asarray(jax.device_get(data.client_count))
+    self._client_steps = np.asarray(self.num_steps(counts))  # on the host, for `num_lanes`
+    self.init = jax.jit(self._init_grid)
+    self.run_chunk = jax.jit(self._run_chunk_grid, donate_argnums=(0,))
     self.evaluate = jax.jit(jax.vmap(self._evaluate, in_axes=(0, None, None)))
 
   # -- local training (one client) -------------------------------------------
@@ -212,6 +261,31 @@ class Engine:
     positions, mask = jax.vmap(lambda s: self._batch(key, orders, count, s))(steps)
     return positions, mask & (steps < self.num_steps(count))[:, None]
 
+  def _sgd_step(
+    self, p, opt_state, s, *, opt, task: LocalTask, start, key, orders, count, row, data
+  ):
+    """Local step `s` of a task: one minibatch gradient (plus the task's extras), one update."""
+    pos, m = self._batch(key, orders, count, s)
+    examples = row[pos]
+
+    def loss_fn(p, x, y, m, step_key):
+      logits, model_state = self.train_fn(p, x, step_key)
+      return cross_entropy(logits, y, m), model_state
+
+    dropout_key = jax.random.fold_in(jax.random.fold_in(key, DROPOUT_STREAM), s)
+    (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      p, data.x_train[examples], data.y_train[examples], m, dropout_key
+    )
+    if task.prox is not None:  # d/dw (mu / 2) ||w - start||^2
+      grads = jax.tree.map(lambda g, w, w0: g + task.prox * (w - w0), grads, p, start)
+    if task.correction is not None:
+      grads = jax.tree.map(jnp.add, grads, task.correction)
+    updates, opt_state = opt.update(grads, opt_state, p)
+    new_p = optax.apply_updates(p, updates)
+    if model_state:  # the statistics training updates (their gradient is zero)
+      new_p = {**new_p, **model_state}
+    return new_p, opt_state, loss
+
   def local_train(self, params, task: LocalTask, client, key, hparams, data: FederatedData):
     """SGD with heavy-ball momentum (reset per task) and global-norm clipping.
 
@@ -224,35 +298,21 @@ class Engine:
     """
     start = params if task.start is None else task.start
     count = data.client_count[client]
-    row = data.client_index[client]
     num_steps = self.num_steps(count)
-    orders = self._orders(key, count)
     opt = local_optimizer(task.lr, task.momentum, hparams["clip"])
+    sgd_step = functools.partial(
+      self._sgd_step,
+      opt=opt,
+      task=task,
+      start=start,
+      key=key,
+      orders=self._orders(key, count),
+      count=count,
+      row=data.client_index[client],
+      data=data,
+    )
 
-    dropout_key = jax.random.fold_in(key, DROPOUT_STREAM)
-
-    def loss_fn(p, x, y, m, step_key):
-      logits, model_state = self.train_fn(p, x, step_key)
-      return cross_entropy(logits, y, m), model_state
-
-    def sgd_step(p, opt_state, s):
-      pos, m = self._batch(key, orders, count, s)
-      examples = row[pos]
-      (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        p, data.x_train[examples], data.y_train[examples], m, jax.random.fold_in(dropout_key, s)
-      )
-      if task.prox is not None:  # d/dw (mu / 2) ||w - start||^2
-        grads = jax.tree.map(lambda g, w, w0: g + task.prox * (w - w0), grads, p, start)
-      if task.correction is not None:
-        grads = jax.tree.map(jnp.add, grads, task.correction)
-      updates, opt_state = opt.update(grads, opt_state, p)
-      new_p = optax.apply_updates(p, updates)
-      if model_state:  # the statistics training updates (their gradient is zero)
-        new_p = {**new_p, **model_state}
-      return new_p, opt_state, loss
-
-    params = start
-    init = (params, opt.init(params), jnp.zeros((), jnp.float32))
+    init = (start, opt.init(start), jnp.zeros((), jnp.float32))
     if self.execution.local_loop == "while":
 
       def body(carry):
@@ -281,6 +341,18 @@ class Engine:
 
   # -- dispatch: train a round's clients into their slots ----------------------
 
+  def _broadcast(self, state: SimState, client, version, data: FederatedData) -> Broadcast:
+    count = data.client_count[client]
+    return Broadcast(
+      state.params,
+      state.prev_params,
+      client,
+      version,
+      count.astype(jnp.float32),
+      lambda p: self.class_accuracy(p, client, data),
+      self.num_steps(count).astype(jnp.int32),
+    )
+
   def _dispatch(self, state: SimState, clients, slots, mask, version, hparams, data, mode=None):
     """Trains the tasks dispatched with `version` from `state.params`; masked entries are no-ops.
 
@@ -288,27 +360,21 @@ class Engine:
     """
     algo = self.algorithm
     rows = jax.tree.map(lambda x: x[clients], state.client_state)
-    version_key = jax.random.fold_in(state.key, version)
-    keys = jax.vmap(lambda s: jax.random.fold_in(version_key, s))(slots)
-    counts = data.client_count[clients].astype(jnp.float32)
+    keys = task_keys(state.key, version, slots)
 
-    def one(client, row, key, count):
-      broadcast = Broadcast(
-        state.params,
-        state.prev_params,
-        client,
-        version,
-        count,
-        lambda p: self.class_accuracy(p, client, data),
-        self.num_steps(data.client_count[client]).astype(jnp.int32),
-      )
+    def one(client, row, key):
+      broadcast = self._broadcast(state, client, version, data)
       task, row, info = algo.client_begin(row, state.server_state, broadcast, hparams)
       trained, stats = self.local_train(state.params, task, client, key, hparams, data)
       payload, row = algo.client_end(row, broadcast, trained, hparams)
       return payload, row, (stats, info)
 
-    args = (clients, rows, keys, counts)
     mode = mode or self.execution.client_mode
+    if mode == "lanes":  # one grid point's tasks in lanes
+      one_point = functools.partial(jax.tree.map, lambda x: jnp.asarray(x)[None])
+      args = one_point((state, clients, slots, mask, jnp.asarray(version, jnp.int32), hparams))
+      return jax.tree.map(lambda x: x[0], self._dispatch_lanes(*args, data))
+    args = (clients, rows, keys)
     if mode == "vmap":
       payload, rows, (stats, info) = jax.vmap(one)(*args)
     elif mode == "map":
@@ -318,7 +384,10 @@ class Engine:
       payload, rows, (stats, info) = jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
     else:
       raise ValueError(f"unknown client_mode {mode!r}; expected one of {CLIENT_MODES}")
+    return self._write(state, clients, slots, mask, payload, rows, stats, info)
 
+  def _write(self, state: SimState, clients, slots, mask, payload, rows, stats, info):
+    """Writes the trained tasks' payloads into their slots and rows into the client state."""
     slot_index = jnp.where(mask, slots, self.num_slots)  # out of range: dropped
     client_index = jnp.where(mask, clients, self.num_clients)
     payloads = jax.tree.map(
@@ -334,17 +403,155 @@ class Engine:
       metrics[f"dispatch_{name}"] = jnp.sum(jnp.where(mask, value, 0))
     return state.replace(payloads=payloads, client_state=client_state), metrics
 
+  # -- work-balanced dispatch (client_mode="lanes") ------------------------------
+
+  def num_lanes(self, num_tasks: int) -> int:
+    """Lanes that train `num_tasks` tasks (a round's, of a device's grid points) together.
+
+    `execution.lanes`, or as many as keep a lane about one longest task long:
+    round(num_tasks * mean task / longest task), over the data's clients. Fewer lanes
+    pack better but run longer; this many leaves the round about as long as its
+    longest task, like lockstep training, while executing close to only real steps.
+    """
+    if self.execution.lanes > 0:
+      return min(self.execution.lanes, num_tasks)
+    longest = self._client_steps.max(initial=0)
+    if longest == 0:
+      return 1
+    return int(min(num_tasks, max(1, round(num_tasks * self._client_steps.mean() / longest))))
+
+  def _dispatch_lanes(self, state: SimState, clients, slots, mask, version, hparams, data):
+    """`_dispatch` for a batch of grid points (leading axis Gd of everything but `data`).
+
+    `client_begin` and `client_end` run per task as in `_dispatch`; local training of
+    all Gd x K tasks is packed into lanes (`train_lanes`) that run tasks back to back.
+    """
+    algo = self.algorithm
+    gd, k = clients.shape
+
+    def begin(state, clients, slots, version, hparams):
+      rows = jax.tree.map(lambda x: x[clients], state.client_state)
+
+      def one(client, row):
+        broadcast = self._broadcast(state, client, version, data)
+        return algo.client_begin(row, state.server_state, broadcast, hparams)
+
+      task, rows, info = jax.vmap(one)(clients, rows)
+      return task, rows, info, task_keys(state.key, version, slots)
+
+    tasks, rows, info, keys = jax.vmap(begin)(state, clients, slots, version, hparams)
+    lengths = jnp.where(mask, self.num_steps(data.client_count[clients]), 0)
+    flat = functools.partial(jax.tree.map, lambda x: x.reshape(gd * k, *x.shape[2:]))
+    trained, stats = self.train_lanes(
+      state.params,
+      flat(tasks),
+      jnp.repeat(jnp.arange(gd), k),
+      *flat((clients, keys, lengths)),
+      hparams,
+      data,
+    )
+    trained, stats = jax.tree.map(lambda x: x.reshape(gd, k, *x.shape[1:]), (trained, stats))
+
+    def end(state, clients, slots, mask, version, rows, trained, stats, info, hparams):
+      def one(client, row, trained):
+        broadcast = self._broadcast(state, client, version, data)
+        return algo.client_end(row, broadcast, trained, hparams)
+
+      payload, rows = jax.vmap(one)(clients, rows, trained)
+      return self._write(state, clients, slots, mask, payload, rows, stats, info)
+
+    return jax.vmap(end)(state, clients, slots, mask, version, rows, trained, stats, info, hparams)
+
+  def train_lanes(self, params, tasks: LocalTask, point, clients, keys, lengths, hparams, data):
+    """Local training of M tasks packed into lanes: exactly `local_train`'s steps, less padding.
+
+    Lockstep training runs every task as long as the longest; here the host-free plan
+    `pack_lanes` assigns the tasks, longest first, to the least-loaded of L lanes
+    (`num_lanes`), and one loop runs the lanes for as many steps as the longest lane.
+    A lane that finishes a task writes its parameters and starts its next task (fresh
+    optimizer state, from that task's start) at the next step. Each task's steps,
+    minibatches, dropout draws and arithmetic are `local_train`'s.
+
+    Args:
+      params: [Gd] the points' global models (the start of tasks without `start`).
+      tasks: [M] the tasks' `LocalTask`s.
+      point: [M] int32 the grid point (index into `params`, `hparams`) of each task.
+      clients, keys: [M] each task's client and key (`task_keys`).
+      lengths: [M] int32 each task's local steps (0: not trained; returns its start).
+      hparams: [Gd] the points' hyperparameters.
+      data: the federated data.
+
+    Returns:
+      The trained parameters [M] and `TrainStats` [M].
+    """
+    m = lengths.shape[0]
+    num_lanes = self.num_lanes(m)
+    offset, following, first, span = pack_lanes(lengths, num_lanes)
+    counts = data.client_count[clients]
+    orders = jax.vmap(self._orders)(keys, counts) if self.local.steps == 0 else None
+
+    def start_of(t):
+      source = params if tasks.start is None else tasks.start
+      index = point[t] if tasks.start is None else t
+      return jax.tree.map(lambda x: x[index], source)
+
+    def lane_step(cur, p, opt_state, total, s):
+      """Step `s` of one lane, on task `cur` (-1: the lane has no task left)."""
+      t = jnp.maximum(cur, 0)
+      cur = jnp.where((cur >= 0) & (s >= offset[t] + lengths[t]), following[t], cur)
+      t = jnp.maximum(cur, 0)
+      active, local_step = cur >= 0, s - offset[t]
+      task = jax.tree.map(lambda x: x[t], tasks)
+      start = start_of(t)
+      opt = local_optimizer(task.lr, task.momentum, hparams["clip"][point[t]])
+      fresh = local_step == 0
+      p = tree_where(fresh, start, p)
+      opt_state = tree_where(fresh, opt.init(start), opt_state)
+      new_p, new_opt_state, loss = self._sgd_step(
+        p,
+        opt_state,
+        local_step,
+        opt=opt,
+        task=task,
+        start=start,
+        key=keys[t],
+        orders=None if orders is None else orders[t],
+        count=counts[t],
+        row=data.client_index[clients[t]],
+        data=data,
+      )
+      p = tree_where(active, new_p, p)
+      opt_state = tree_where(active, new_opt_state, opt_state)
+      total = jnp.where(fresh, 0.0, total) + jnp.where(active, loss, 0.0)
+      done = active & (local_step == lengths[t] - 1)
+      return cur, p, opt_state, total, jnp.where(done, t, m)
+
+    def body(carry):
+      s, cur, p, opt_state, total, trained, totals = carry
+      cur, p, opt_state, total, done = jax.vmap(lane_step, in_axes=(0, 0, 0, 0, None))(
+        cur, p, opt_state, total, s
+      )
+      trained = jax.tree.map(lambda buf, x: buf.at[done].set(x, mode="drop"), trained, p)
+      return s + 1, cur, p, opt_state, total, trained, totals.at[done].set(total, mode="drop")
+
+    trained = jax.tree.map(lambda x: x[point], params) if tasks.start is None else tasks.start
+    lane = jax.tree.map(lambda x: jnp.zeros((num_lanes, *x.shape[1:]), x.dtype), trained)
+    opt_state = jax.vmap(local_optimizer(0.0, 0.0, 1.0).init)(lane)
+    zeros = jnp.zeros((num_lanes,), jnp.float32)
+    carry = (jnp.zeros((), jnp.int32), first, lane, opt_state, zeros, trained, jnp.zeros((m,)))
+    *_, trained, totals = jax.lax.while_loop(lambda c: c[0] < span, body, carry)
+    stats = TrainStats(lengths.astype(jnp.int32), totals / jnp.maximum(lengths, 1))
+    return trained, stats
+
   # -- one grid point -----------------------------------------------------------
 
-  def _init(self, key, params, init_client, init_slot, init_mask, hparams, data) -> SimState:
-    """Initial state, with the version-0 tasks already trained into their slots.
-
-    `params` is the point's w^0; `key` its local-training key.
-    """
+  def _initial_state(self, key, params, hparams) -> SimState:
+    """The state of a point before its version-0 tasks: `params` is w^0, `key` its
+    local-training key."""
     server_state, client_state = self.algorithm.init(params, self.num_clients, hparams)
     shape = payload_shape(self.algorithm, params, client_state, hparams)
     payloads = jax.tree.map(lambda s: jnp.zeros((self.num_slots, *s.shape), s.dtype), shape)
-    state = SimState(
+    return SimState(
       params=params,
       prev_params=params,
       payloads=payloads,
@@ -355,6 +562,10 @@ class Engine:
       diverged_round=jnp.full((), -1, jnp.int32),
       key=key,
     )
+
+  def _init(self, key, params, init_client, init_slot, init_mask, hparams, data) -> SimState:
+    """Initial state, with the version-0 tasks already trained into their slots."""
+    state = self._initial_state(key, params, hparams)
     # The version-0 dispatch (all N clients in semi_async) runs once: unrolling it
     # would cost minutes of compile, so "unroll" trains it with lax.map instead.
     mode = "map" if self.execution.client_mode == "unroll" else None
@@ -363,8 +574,8 @@ class Engine:
     )
     return state
 
-  def _round(self, state: SimState, events: RoundEvents, hparams, data):
-    before = state
+  def _aggregate(self, state: SimState, events: RoundEvents, hparams, data):
+    """Steps 1-2 of a round: the arrivals' payloads aggregated into w^(t+1)."""
     payload = jax.tree.map(lambda buf: buf[events.arrival_slot], state.payloads)
     arrivals = Arrivals(
       payload=payload,
@@ -380,6 +591,19 @@ class Engine:
     state = state.replace(
       params=params, prev_params=state.params, server_state=server_state, round=state.round + 1
     )
+    return state, metrics
+
+  def _close(self, before: SimState, state: SimState, metrics, train_metrics):
+    """The end of a round: failure isolation, the round's metrics."""
+    finite = jnp.isfinite(train_metrics["train_loss"]) & jnp.all(
+      jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state.params)])
+    )
+    state = self._isolate_failure(before, state, finite)
+    return state, {**metrics, **train_metrics, "diverged": state.diverged}
+
+  def _round(self, state: SimState, events: RoundEvents, hparams, data):
+    before = state
+    state, metrics = self._aggregate(state, events, hparams, data)
     state, train_metrics = self._dispatch(
       state,
       events.dispatch_client,
@@ -389,11 +613,36 @@ class Engine:
       hparams,
       data,
     )
-    finite = jnp.isfinite(train_metrics["train_loss"]) & jnp.all(
-      jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state.params)])
+    return self._close(before, state, metrics, train_metrics)
+
+  def _round_lanes(self, state: SimState, events: RoundEvents, hparams, data):
+    """`_round` for a batch of grid points (leading axis Gd), their tasks trained in lanes."""
+    before = state
+    state, metrics = jax.vmap(self._aggregate, in_axes=(0, 0, 0, None))(
+      state, events, hparams, data
     )
-    state = self._isolate_failure(before, state, finite)
-    return state, {**metrics, **train_metrics, "diverged": state.diverged}
+    state, train_metrics = self._dispatch_lanes(
+      state,
+      events.dispatch_client,
+      events.dispatch_slot,
+      events.dispatch_mask,
+      state.round,
+      hparams,
+      data,
+    )
+    return jax.vmap(self._close)(before, state, metrics, train_metrics)
+
+  def _rounds(self, step, state, events):
+    """`step` over the leading (round) axis of `events`, as `execution.round_mode` says."""
+    if self.execution.round_mode == "scan":
+      return jax.lax.scan(step, state, events)
+    if self.execution.round_mode == "unroll":
+      outs = []
+      for i in range(self.execution.rounds_per_chunk):
+        state, m = step(state, jax.tree.map(lambda x, i=i: x[i], events))
+        outs.append(m)
+      return state, jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+    raise ValueError(f"unknown round_mode {self.execution.round_mode!r}")
 
   def _run_chunk(self, state: SimState, events: RoundEvents, hparams, data: FederatedData):
     """The next `rounds_per_chunk` rounds of `events` ([T] rounds), then an evaluation.
@@ -405,18 +654,59 @@ class Engine:
     r = self.execution.rounds_per_chunk
     events = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, state.round, r, axis=0), events)
     step = functools.partial(self._round, hparams=hparams, data=data)
-    if self.execution.round_mode == "scan":
-      state, metrics = jax.lax.scan(step, state, events)
-    elif self.execution.round_mode == "unroll":
-      outs = []
-      for i in range(r):
-        state, m = step(state, jax.tree.map(lambda x, i=i: x[i], events))
-        outs.append(m)
-      metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
-    else:
-      raise ValueError(f"unknown round_mode {self.execution.round_mode!r}")
+    state, metrics = self._rounds(step, state, events)
     accuracy, loss = self._evaluate(state.params, data.x_test, data.y_test)
     return state, metrics, {"test_accuracy": accuracy, "test_loss": loss}
+
+  def _run_chunk_lanes(self, state: SimState, events: RoundEvents, hparams, data):
+    """`_run_chunk` for a batch of grid points (leading axis Gd), trained in lanes."""
+    self.traces += 1
+    r = self.execution.rounds_per_chunk
+    start = state.round[0]  # the points of a grid advance together
+    events = jax.tree.map(
+      lambda x: jnp.swapaxes(jax.lax.dynamic_slice_in_dim(x, start, r, axis=1), 0, 1), events
+    )
+    step = functools.partial(self._round_lanes, hparams=hparams, data=data)
+    state, metrics = self._rounds(step, state, events)
+    metrics = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), metrics)
+    accuracy, loss = jax.vmap(self._evaluate, in_axes=(0, None, None))(
+      state.params, data.x_test, data.y_test
+    )
+    return state, metrics, {"test_accuracy": accuracy, "test_loss": loss}
+
+  # -- the grid (leading axis G) --------------------------------------------------
+
+  def _device_groups(self, g: int) -> int:
+    """Groups of grid points whose tasks share lanes: one per device the grid is sharded
+    over (its axis is padded to a multiple of the device count), so no lane crosses
+    devices."""
+    d = jax.device_count()
+    return d if g % d == 0 else 1
+
+  def _per_group(self, fn, *args, data):
+    """`fn(*args, data)` on each device group: [G, ...] -> [D, G/D, ...], vmapped over D."""
+    d = self._device_groups(jax.tree.leaves(args)[0].shape[0])
+    split = lambda x: x.reshape(d, x.shape[0] // d, *x.shape[1:])  # noqa: E731
+    out = jax.vmap(lambda *a: fn(*a, data))(*jax.tree.map(split, args))
+    return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), out)
+
+  def _init_grid(self, keys, params, init_client, init_slot, init_mask, hparams, data):
+    if self.execution.client_mode != "lanes":
+      return jax.vmap(self._init, in_axes=(0, 0, 0, 0, 0, 0, None))(
+        keys, params, init_client, init_slot, init_mask, hparams, data
+      )
+    state = jax.vmap(self._initial_state)(keys, params, hparams)
+
+    def dispatch(state, clients, slots, mask, hparams, data):
+      version = jnp.zeros(clients.shape[:1], jnp.int32)
+      return self._dispatch_lanes(state, clients, slots, mask, version, hparams, data)[0]
+
+    return self._per_group(dispatch, state, init_client, init_slot, init_mask, hparams, data=data)
+
+  def _run_chunk_grid(self, state, events, hparams, data):
+    if self.execution.client_mode != "lanes":
+      return jax.vmap(self._run_chunk, in_axes=(0, 0, 0, None))(state, events, hparams, data)
+    return self._per_group(self._run_chunk_lanes, state, events, hparams, data=data)
 
   def class_accuracy(self, params, client, data: FederatedData):
     """Per-class accuracy [C] of `params` on the client's validation data, and counts [C]."""

@@ -169,6 +169,7 @@ def make_engine(
       round_mode=e.round_mode,
       local_loop=e.local_loop,
       local_unroll=e.local_unroll,
+      lanes=e.get("lanes", 0),
       rounds_per_chunk=e.eval_every,
     ),
   )

@@ -80,6 +80,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.engine.round_mode = "scan"
   config.engine.local_loop = "while"  # or "scan" (static step count, can be unrolled)
   config.engine.local_unroll = 1  # scan unroll factor; >= the step count unrolls fully
+  config.engine.lanes = 0  # client_mode="lanes": lanes per device (0: sized from the data)
   config.engine.eval_every = 10
   config.engine.memory_limit_gb = 0.0  # device memory the run may use (0: the device's)
   config.engine.checkpoint_every = 0  # chunks between checkpoints (0: none); see --resume
