@@ -10,7 +10,9 @@ Per grid point (exact, from `jax.eval_shape` of the algorithm's own functions):
 
 plus the local-training working set of the clients trained at once (the widest
 dispatch, usually the version-0 one): trained copy, gradient, momentum and update,
-4 P each. The data arrays are shared by the grid. Activations are not counted.
+4 P each, and one minibatch's activations. In `client_mode="lanes"` only the lanes
+hold that working set; each task then keeps its trained copy (P). The data arrays
+are shared by the grid.
 """
 
 from __future__ import annotations
@@ -42,12 +44,14 @@ def estimate(
   num_devices: int = 1,
   activation_bytes: int = 0,
   constant_bytes: int = 0,
+  train_lanes: float | None = None,
 ) -> dict[str, int]:
   """Bytes of one grid point's state, of the whole grid, of the shared data, and of
   the busiest device (the grid axis is sharded over `num_devices`, the data replicated).
 
   `constant_bytes`: arrays the model closes over (FedSQ's structural copy), counted once
-  with the data."""
+  with the data. `train_lanes`: lanes per point when tasks train in lanes (None: every
+  task of the widest dispatch in lockstep)."""
   server, clients = jax.eval_shape(lambda p: algorithm.init(p, data.num_clients, hparams), params)
   payload = payload_shape(algorithm, params, clients, hparams)
   p = tree_bytes(params)
@@ -56,6 +60,8 @@ def estimate(
   # Each client trained in lockstep: parameters, gradient, optimizer trace, update (4P),
   # and one minibatch's activations (`activation_bytes`: inputs, intermediates, cotangents).
   training = train_width * (4 * p + activation_bytes)
+  if train_lanes is not None:  # lanes work, each task keeps its trained copy
+    training = train_width * p + math.ceil(train_lanes * (4 * p + activation_bytes))
   point += training
   shared = tree_bytes(data) + constant_bytes  # replicated on every device
   per_device = -(-grid_size // num_devices)

@@ -245,18 +245,25 @@ def memory_estimate(
   outputs = memory.tree_bytes(jax.eval_shape(intermediates, params, batch))
   # Inputs, every output and its cotangent; FedSQ adds the structural forward pass.
   activations = memory.tree_bytes(batch) + (2 + (program.model.constants is not None)) * outputs
+  width = max(sched.init_client.shape[-1], sched.dispatch_client.shape[-1])
+  grid = len(program.points) * config.num_seeds
+  lanes = None
+  if program.engine.execution.client_mode == "lanes":  # a device's points share its lanes
+    points = -(-grid // jax.device_count())
+    lanes = program.engine.num_lanes(points * width) / points
   return memory.estimate(
     program.algorithm,
     params,
     data,
     num_slots=sched.num_slots,
-    train_width=max(sched.init_client.shape[-1], sched.dispatch_client.shape[-1]),
-    grid_size=len(program.points) * config.num_seeds,
+    train_width=width,
+    grid_size=grid,
     hparams=program.hparams,
     num_devices=jax.device_count(),
     activation_bytes=activations,
     # FedSQ's structural copy: once per device, and a second forward pass per minibatch.
     constant_bytes=memory.tree_bytes(program.model.constants),
+    train_lanes=lanes,
   )
 
 

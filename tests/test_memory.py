@@ -41,6 +41,23 @@ def test_estimate_counts_model_copies_slots_and_training_set():
   assert fedqs["per_point"] - est["per_point"] >= n * p + sched.num_slots * 3 * 4
 
 
+def test_lanes_hold_the_working_set_and_each_task_its_trained_copy():
+  config, data, sched, p = setup(**{"num_seeds": 2})
+  lock = estimate(config, "fedavg", data, sched)
+  config.engine.client_mode = "lanes"
+  prog = program.build_program(config, "fedavg", data, sched.num_slots)
+  lanes = program.memory_estimate(prog, data, sched)
+  width = max(sched.init_client.shape[-1], sched.dispatch_client.shape[-1])
+  per_task = lock["per_point_training"] // width  # 4P + one minibatch's activations
+  num_lanes = prog.engine.num_lanes(2 * width)  # both seeds' tasks share the lanes
+  assert 1 <= num_lanes < 2 * width
+  expected = width * p + -(-num_lanes * per_task // 2)
+  assert lanes["per_point_training"] == expected < lock["per_point_training"]
+  assert lanes["per_point"] - lanes["per_point_training"] == (
+    lock["per_point"] - lock["per_point_training"]
+  )
+
+
 def test_estimate_scales_with_the_grid():
   config, data, sched, _ = setup(**{"sweep.local.lr": "0.05,0.1,0.2", "num_seeds": 2})
   est = estimate(config, "fedavg", data, sched)
