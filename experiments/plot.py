@@ -8,7 +8,10 @@ Writes `curves_<algorithm>.png` (one curve per sweep point, mean over seeds) and
 every pair of swept hyperparameters (or the one given by --x/--y),
 `sensitivity_<algorithm>_<x>_<y>.png`: a heatmap and lines of the final accuracy,
 averaged over seeds and the other swept values. `--compare` draws the curves of several
-runs in one figure, each labelled with its folder's name (e.g. one schedule per run).
+runs in one figure, each labelled with its folder's name (e.g. one schedule per run), and
+prints their results table (the one each run printed and holds in its report.md, a row
+per run and point, one table per target accuracy), also written beside the figure as
+markdown (`--out` with .md for .png).
 Bad input (flags, a folder that is not a finished run, a truncated CSV file, --x without
 --y) prints one line and exits 2 before anything is drawn; JAX is never imported. A
 finished run is one whose `manifest.json` (written last) matches its files: a folder a
@@ -19,11 +22,12 @@ This file is intentionally short.
 
 import csv
 import itertools
+import json
 import os
 
 from absl import flags
 
-from fedqs_jax import cli, io
+from fedqs_jax import cli, io, report
 from fedqs_jax.errors import ConfigError, check, check_text_file
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run's folder (summary.csv, metrics.csv).")
@@ -100,6 +104,14 @@ def check_flags() -> None:
     for name, value in (("x", x), ("y", y), ("algorithm", _ALGORITHM.value)):
       check(value is None, name, value, "is for --workdir: --compare draws every curve")
     cli.check_writable_file("out", _OUT.value)
+    check(os.path.splitext(_OUT.value)[1].lower() != ".md", "out", _OUT.value,
+          "is the figure's path (.png): the table is written beside it as .md")  # fmt: skip
+    cli.check_writable_file("out", table_path(_OUT.value))
+    names = [run_name(folder) for folder in compare]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    check(not twice, "compare", ",".join(compare),
+          f"names two runs {', '.join(twice)}: their curves and rows would merge; "
+          "give folders with distinct names")  # fmt: skip
   else:
     check(_OUT.value is None, "out", _OUT.value, "is for --compare (--workdir writes into it)")
   check((x is None) == (y is None), "x" if x is not None else "y", x if x is not None else y,
@@ -112,16 +124,60 @@ def check_flags() -> None:
     check(problem is None, field, folder, str(problem))
 
 
+def run_name(folder: str) -> str:
+  """What --compare calls a run: its folder's name."""
+  return os.path.basename(os.path.normpath(folder))
+
+
+def table_path(out: str) -> str:
+  """Where --compare writes its table: beside the figure `out`, as .md."""
+  return os.path.splitext(out)[0] + ".md"
+
+
+def read_json(folder: str, name: str, key: str):
+  """`key` of a run's JSON file `name`; `ConfigError` naming the file if it has none."""
+  path = os.path.join(folder, name)
+  check(os.path.isfile(path), name, path, "is missing: give a finished run's folder")
+  check_text_file(name, path, "JSON file")
+  try:
+    with open(path) as f:
+      return json.load(f)[key]
+  except (ValueError, KeyError, TypeError):
+    raise ConfigError(f"{path} has no {key}: not a finished run's file?") from None
+
+
 def compare(folders: list[str], out: str) -> None:
-  rows = []
+  """The curves of `folders` in one figure `out`; their results table printed and written
+  beside it (`table_path`). Every file is read before anything is drawn."""
+  rows, tables, runs = [], {}, []  # tables: {target accuracy: summary rows, relabelled}
   for folder in folders:
-    name = os.path.basename(os.path.normpath(folder))
+    name = run_name(folder)
+    target = read_json(folder, "config.json", "target_accuracy")
+    check(isinstance(target, int | float), "config.json", os.path.join(folder, "config.json"),
+          f"has target_accuracy={target!r}, not a number: the file is corrupt")  # fmt: skip
+    runs.append(f"- {name}: `{folder}`, config hash "
+                f"`{read_json(folder, io.MANIFEST, 'config_hash')}`")  # fmt: skip
     for r in read(os.path.join(folder, "metrics.csv"), CURVE_COLUMNS):
-      rows.append({**r, "run": f"{name}: {r['algorithm']}"})
+      rows.append({**r, "run": f"{name}: {curve_label(r)}"})
+    summary = read(os.path.join(folder, "summary.csv"), report.SUMMARY_COLUMNS)
+    tables.setdefault(target, []).extend({**r, "algorithm": f"{name}: {r['algorithm']}"}
+                                         for r in summary)  # fmt: skip
+  table = "\n\n".join(report.results_table(rs, target) for target, rs in tables.items())
+  diverged = {k: v for rs in tables.values() for k, v in diverged_rounds(rs).items()}
   from fedqs_jax import plotting  # matplotlib: only for valid input
 
-  plotting.accuracy_curves(rows, out, lambda r: r["run"])
+  plotting.accuracy_curves(rows, out, lambda r: r["run"], diverged)
+  path = table_path(out)
+  io.write_text(path, "\n\n".join([
+    f"# {', '.join(run_name(f) for f in folders)}",
+    "\n".join(runs),
+    "Mean +- std over seeds (each run's summary.csv has every seed):",
+    report.fenced(table),
+    f"![{os.path.splitext(os.path.basename(out))[0]}]({os.path.basename(out)})",
+  ]) + "\n")  # fmt: skip
+  print(table)
   print(out)
+  print(path)
 
 
 def main(argv):

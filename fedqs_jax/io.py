@@ -81,6 +81,11 @@ def write_json(path: str, obj: Any) -> None:
     f.write("\n")
 
 
+def write_text(path: str, text: str) -> None:
+  with atomic_open(path) as f:
+    f.write(text)
+
+
 def write_csv(path: str, rows: Sequence[dict[str, Any]]) -> None:
   """Writes dict rows (columns: the union of keys, in first-seen order)."""
   columns: dict[str, None] = {}

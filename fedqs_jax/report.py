@@ -1,20 +1,32 @@
-"""What a run reports: CSV rows, the console results table and the progress line.
+"""What a run reports: CSV rows, the console results table, report.md and the progress line.
 
 `rows` turns one algorithm's training result into long-form metrics rows (one per
 evaluation) and summary rows (one per grid entry); `results_table` is the table
-printed at the end (mean +- std over seeds); `Progress` prints one line per chunk with
-the job's ETA.
+printed at the end (mean +- std over seeds), from summary rows in memory or read back
+from summary.csv (`SUMMARY_COLUMNS`); `markdown` is a run's report.md, which holds
+that same table; `Progress` prints one line per chunk with the job's ETA. Nothing here
+imports JAX (`experiments.plot` uses the table).
 """
 
 from __future__ import annotations
 
+import os
+import re
+import shlex
 import statistics
 import sys
 import time
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from fedqs_jax import metrics, sweep
+from fedqs_jax import metrics
+
+# The summary.csv columns `results_table` reads, and their types (`diverged_round`: "" or
+# the round, read as text).
+SUMMARY_COLUMNS = {"algorithm": str, "final_accuracy": float, "best_accuracy": float,
+                   "rounds_to_target": float, "time_to_target": float,
+                   "oscillation_std": float}  # fmt: skip
 
 
 def window_metrics(result: dict, g: int, start: int, stop: int) -> dict[str, float]:
@@ -54,6 +66,8 @@ def window_metrics(result: dict, g: int, start: int, stop: int) -> dict[str, flo
 def rows(name, config, result, sched, static=None) -> tuple[list[dict], list[dict]]:
   """Long-form metrics rows and summary rows of one algorithm (one per grid entry);
   `static`: the group's static sweep values, a column each and part of the label."""
+  from fedqs_jax import sweep  # imports JAX: only where results are made
+
   static = static or {}
   eval_round = result["eval_round"]
   staleness = np.asarray(sched.staleness)  # [seeds, T, K]
@@ -151,6 +165,93 @@ def results_table(summary_rows: list[dict], target: float) -> str:
       f"{reached('time_to_target'):>16} {100 * oscillation:>11.2f}{note}"
     )
   return "\n".join(lines)
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+  """`argv` shell-quoted; by default this process's own command line (`sys.orig_argv`:
+  the interpreter and `-m module` included, so that it can be pasted into a shell)."""
+  if argv is None:
+    argv = getattr(sys, "orig_argv", None) or sys.argv
+  return shlex.join(argv)
+
+
+def fenced(text: str, info: str = "") -> str:
+  """`text` as a markdown code block, verbatim: its fence is longer than any run of
+  backticks in it."""
+  runs = [len(r) for r in re.findall(r"`+", text)]
+  fence = "`" * max([3] + [n + 1 for n in runs])
+  return f"{fence}{info}\n{text}\n{fence}"
+
+
+def _cell(value) -> str:
+  if isinstance(value, bool | np.bool_):
+    return str(bool(value))
+  if isinstance(value, int | np.integer):
+    return str(int(value))
+  if isinstance(value, float | np.floating):
+    return f"{float(value):.6g}"
+  return str(value).replace("|", "\\|")
+
+
+def schedule_table(summaries: Mapping[str, Mapping]) -> str:
+  """The per-seed schedule summaries (`{group label: {seed: schedule.summary}}`, what
+  schedule.json holds) as one markdown table: a row per (group, seed), a column per
+  statistic; the group column only when there are several groups."""
+  grouped = len(summaries) > 1
+  columns = list(dict.fromkeys(k for per_seed in summaries.values()
+                               for s in per_seed.values() for k in s))  # fmt: skip
+  header = (["group"] if grouped else []) + ["seed"] + columns
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for tag, per_seed in summaries.items():
+    for seed, stats in per_seed.items():
+      cells = ([_cell(tag)] if grouped else []) + [_cell(seed)]
+      cells += [_cell(stats[k]) if k in stats else "" for k in columns]
+      lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def markdown(
+  title: str,
+  command: str,
+  config_hash: str,
+  algorithms: Sequence[str],
+  seeds: Sequence[int],
+  target: float,
+  summaries: Mapping[str, Mapping],
+  table: str,
+  plots: Sequence[str],
+  warnings: Sequence[str] = (),
+  resumed: bool = False,
+) -> str:
+  """A run's report.md: its command line, config hash, schedule summary per seed, the
+  results table `table` verbatim (the console's, byte for byte) and the plots `plots`
+  (file names beside report.md), one file to open or paste."""
+  parts = [
+    f"# {title}",
+    fenced(command, "sh"),
+    "\n".join(
+      [
+        f"- config hash: `{config_hash}` (the resolved config in config.json; manifest.json)",
+        f"- algorithms: {', '.join(algorithms)}",
+        f"- seeds: {', '.join(str(s) for s in seeds)}",
+        f"- target accuracy: {target:.0%}",
+        *(["- resumed: the run continued from its checkpoints"] if resumed else []),
+      ]
+    ),  # fmt: skip
+  ]
+  if warnings:
+    parts += ["## Warnings", "\n".join(f"- {w}" for w in warnings)]
+  parts += [
+    "## Schedule",
+    "Per seed (schedule.json): throughput and the staleness distribution of the arrivals.",
+    schedule_table(summaries),
+    "## Results",
+    "Mean +- std over seeds (summary.csv has every seed), as printed at the end of the run:",
+    fenced(table),
+  ]
+  if plots:
+    parts += ["## Plots", "\n\n".join(f"![{os.path.splitext(p)[0]}]({p})" for p in plots)]
+  return "\n\n".join(parts) + "\n"
 
 
 class Progress:

@@ -9,6 +9,8 @@ chunk by chunk, and writes to `workdir`:
   metrics.csv    long form, one row per (algorithm, seed, evaluated round)
   summary.csv    one row per (algorithm, seed): final/best accuracy, time to target...
   accuracy.png   accuracy vs round and vs simulated time
+  report.md      the run on one page: its command line, config hash, schedule summary
+                 per seed, the results table as printed on the console, the plots
   manifest.json  written last: the config's hash and each file's sha256
 
 A workdir belongs to one run: the run holds an exclusive lock on `workdir/.lock`
@@ -146,6 +148,7 @@ def run(
   stream=sys.stdout,
   resume: bool = False,
   overwrite: bool = False,
+  command: str | None = None,
 ) -> dict[str, Any]:
   """Validates, runs every algorithm of `config` on one schedule, writes `workdir`.
 
@@ -158,8 +161,10 @@ def run(
   checkpointed in `workdir/checkpoints/`; `resume` continues a killed run from there
   (the checkpoints are removed once the results are written), refusing checkpoints
   of another config. Under `jax.distributed` every process runs this, and process 0
-  alone locks and writes.
+  alone locks and writes. `command` is the command line report.md shows (default: this
+  process's, shell-quoted); a resumed run's report.md is rewritten with its own.
   """
+  command = report.command_line() if command is None else command
   config_lib.validate(config, workdir)
   check(not (resume and overwrite), "--overwrite", True,
         "--resume continues the run in the workdir, --overwrite starts over: not both")  # fmt: skip
@@ -171,7 +176,7 @@ def run(
     groups, stamps = _prepare(config, workdir)
     if not early:
       lock = workdir_lib.claim(config, workdir, resume, overwrite)
-    return _train_and_write(config, workdir, stream, resume, groups, stamps)
+    return _train_and_write(config, workdir, stream, resume, groups, stamps, command)
   finally:
     if lock is not None:
       lock.release()
@@ -197,7 +202,7 @@ def _checkpoint_dir(workdir: str, tag: str, name: str) -> str:
   return os.path.join(workdir, workdir_lib.CHECKPOINTS, *([tag] if tag else []), name)
 
 
-def _train_and_write(config, workdir, stream, resume, groups, stamps) -> dict[str, Any]:
+def _train_and_write(config, workdir, stream, resume, groups, stamps, command) -> dict[str, Any]:
   """Trains every group and algorithm, writes the result set (`run`'s second half)."""
   names = config_lib.algorithm_names(config)
   checkpointing = config.engine.get("checkpoint_every", 0) > 0
@@ -225,7 +230,7 @@ def _train_and_write(config, workdir, stream, resume, groups, stamps) -> dict[st
     io.write_json(
       os.path.join(workdir, "schedule.json"), summaries[""] if len(groups) == 1 else summaries
     )
-  warned = set()
+  warned = {}  # each warning once, in order (the console's, and report.md's)
   for static, _, data, _ in groups:
     empty = int(np.sum(np.asarray(data.client_count) == 0))
     warning = (
@@ -233,7 +238,7 @@ def _train_and_write(config, workdir, stream, resume, groups, stamps) -> dict[st
       "tasks train nothing (a round that dispatches only them has train_loss NaN)"
     )
     if empty and warning not in warned:
-      warned.add(warning)
+      warned[warning] = None
       tag = sweep.label(static)
       print((f"[{tag}] " if tag else "") + warning, file=stream, flush=True)
   rounds = [g[3].num_rounds for g in groups for _ in names]
@@ -268,6 +273,7 @@ def _train_and_write(config, workdir, stream, resume, groups, stamps) -> dict[st
       metric_rows += m
       summary_rows += s
       results[label] = result
+  table = report.results_table(summary_rows, config.target_accuracy)  # console and report.md
   if writer:
     io.write_csv(os.path.join(workdir, "metrics.csv"), metric_rows)
     io.write_csv(os.path.join(workdir, "summary.csv"), summary_rows)
@@ -280,11 +286,27 @@ def _train_and_write(config, workdir, stream, resume, groups, stamps) -> dict[st
       report.curve_label,
       report.diverged_rounds(summary_rows),
     )
+    io.write_text(
+      os.path.join(workdir, "report.md"),
+      report.markdown(
+        f"Run {os.path.basename(os.path.normpath(os.path.abspath(workdir)))}",
+        command,
+        workdir_lib.config_hash(config),
+        names,
+        seeds,
+        config.target_accuracy,
+        summaries,
+        table,
+        [n for n in workdir_lib.RESULTS if n.endswith(".png")],
+        list(warned),
+        resume,
+      ),
+    )
     io.write_manifest(
       workdir, workdir_lib.RESULTS, workdir_lib.config_hash(config)
     )  # last: the set is whole
     shutil.rmtree(os.path.join(workdir, workdir_lib.CHECKPOINTS), ignore_errors=True)
-  print(report.results_table(summary_rows, config.target_accuracy), file=stream, flush=True)
+  print(table, file=stream, flush=True)
   schedules = {sweep.label(g[0]): g[3] for g in groups}
   return {
     "results": results,

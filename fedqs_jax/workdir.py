@@ -24,7 +24,9 @@ from fedqs_jax.errors import ConfigError, check
 
 CHECKPOINTS = "checkpoints"  # the workdir's folder of per-algorithm checkpoints
 LOCK = ".lock"  # the workdir's lock file (holds the running process's pid)
-RESULTS = ("config.json", "schedule.json", "metrics.csv", "summary.csv", "accuracy.png")
+RESULTS = (
+  "config.json", "schedule.json", "metrics.csv", "summary.csv", "accuracy.png", "report.md"
+)  # fmt: skip
 
 
 def config_hash(config: ml_collections.ConfigDict) -> str:
