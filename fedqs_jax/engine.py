@@ -495,51 +495,62 @@ class Engine:
       index = point[t] if tasks.start is None else t
       return jax.tree.map(lambda x: x[index], source)
 
-    def lane_step(cur, p, opt_state, total, s):
-      """Step `s` of one lane, on task `cur` (-1: the lane has no task left)."""
-      t = jnp.maximum(cur, 0)
-      cur = jnp.where((cur >= 0) & (s >= offset[t] + lengths[t]), following[t], cur)
-      t = jnp.maximum(cur, 0)
-      active, local_step = cur >= 0, s - offset[t]
+    def lane_step(p, opt_state, t, local_step):
+      """Local step `local_step` of task `t` in one lane."""
       task = jax.tree.map(lambda x: x[t], tasks)
-      start = start_of(t)
-      opt = local_optimizer(task.lr, task.momentum, hparams["clip"][point[t]])
-      fresh = local_step == 0
-      p = tree_where(fresh, start, p)
-      opt_state = tree_where(fresh, opt.init(start), opt_state)
-      new_p, new_opt_state, loss = self._sgd_step(
+      return self._sgd_step(
         p,
         opt_state,
         local_step,
-        opt=opt,
+        opt=local_optimizer(task.lr, task.momentum, hparams["clip"][point[t]]),
         task=task,
-        start=start,
+        start=None if task.prox is None else start_of(t),  # only the proximal term reads it
         key=keys[t],
         orders=None if orders is None else orders[t],
         count=counts[t],
         row=data.client_index[clients[t]],
         data=data,
       )
-      p = tree_where(active, new_p, p)
-      opt_state = tree_where(active, new_opt_state, opt_state)
-      total = jnp.where(fresh, 0.0, total) + jnp.where(active, loss, 0.0)
-      done = active & (local_step == lengths[t] - 1)
-      return cur, p, opt_state, total, jnp.where(done, t, m)
+
+    fresh_state = jax.vmap(local_optimizer(0.0, 0.0, 1.0).init)
+    where = jax.vmap(tree_where)  # per lane
+
+    def begin_tasks(fresh, t, p, opt_state, total):
+      """Lanes whose task starts now: its start parameters, a fresh optimizer state."""
+      start = jax.vmap(start_of)(t)
+      return (
+        where(fresh, start, p),
+        where(fresh, fresh_state(start), opt_state),
+        jnp.where(fresh, 0.0, total),
+      )
 
     def body(carry):
       s, cur, p, opt_state, total, trained, totals = carry
-      cur, p, opt_state, total, done = jax.vmap(lane_step, in_axes=(0, 0, 0, 0, None))(
-        cur, p, opt_state, total, s
+      t = jnp.maximum(cur, 0)  # cur: the lane's task, -1: none left
+      cur = jnp.where((cur >= 0) & (s >= offset[t] + lengths[t]), following[t], cur)
+      t, active = jnp.maximum(cur, 0), cur >= 0
+      local_step = s - offset[t]
+      fresh = active & (local_step == 0)
+      p, opt_state, total = jax.lax.cond(
+        jnp.any(fresh), begin_tasks, lambda *a: a[2:], fresh, t, p, opt_state, total
       )
-      trained = jax.tree.map(lambda buf, x: buf.at[done].set(x, mode="drop"), trained, p)
-      return s + 1, cur, p, opt_state, total, trained, totals.at[done].set(total, mode="drop")
+      # A lane with no task left steps on, unread: nothing of it is written again.
+      p, opt_state, loss = jax.vmap(lane_step)(p, opt_state, t, local_step)
+      total = total + jnp.where(active, loss, 0.0)
+      done = jnp.where(active & (local_step == lengths[t] - 1), t, m)
+
+      def write(trained, totals):
+        trained = jax.tree.map(lambda buf, x: buf.at[done].set(x, mode="drop"), trained, p)
+        return trained, totals.at[done].set(total, mode="drop")
+
+      trained, totals = jax.lax.cond(jnp.any(done < m), write, lambda *a: a, trained, totals)
+      return s + 1, cur, p, opt_state, total, trained, totals
 
     trained = jax.tree.map(lambda x: x[point], params) if tasks.start is None else tasks.start
     lane = jax.tree.map(lambda x: jnp.zeros((num_lanes, *x.shape[1:]), x.dtype), trained)
-    opt_state = jax.vmap(local_optimizer(0.0, 0.0, 1.0).init)(lane)
     zeros = jnp.zeros((num_lanes,), jnp.float32)
-    carry = (jnp.zeros((), jnp.int32), first, lane, opt_state, zeros, trained, jnp.zeros((m,)))
-    *_, trained, totals = jax.lax.while_loop(lambda c: c[0] < span, body, carry)
+    carry = (jnp.zeros((), jnp.int32), first, lane, fresh_state(lane), zeros, trained)
+    *_, trained, totals = jax.lax.while_loop(lambda c: c[0] < span, body, (*carry, jnp.zeros((m,))))
     stats = TrainStats(lengths.astype(jnp.int32), totals / jnp.maximum(lengths, 1))
     return trained, stats
 
