@@ -120,3 +120,21 @@ def measure_schedule(
     ticks = seeds * (float(np.asarray(raw.round_time)[..., -1].max()) + 1)
     out["ticks_per_s"] = ticks / sec
   return out
+
+
+def lane_slots(engine, lengths: np.ndarray) -> int:
+  """Local-step slots `client_mode="lanes"` executes for tasks of `lengths` [G, rounds, K]:
+  per round and device group, its lanes times the longest lane, from the engine's own plan
+  (`fedqs_jax.engine.pack_lanes`)."""
+  import jax
+  import jax.numpy as jnp
+
+  from fedqs_jax.engine import pack_lanes
+
+  grid, rounds, k = lengths.shape
+  groups = engine._device_groups(grid)
+  per_group = lengths.reshape(groups, grid // groups, rounds, k).transpose(0, 2, 1, 3)
+  tasks = per_group.reshape(groups, rounds, -1)
+  lanes = engine.num_lanes(tasks.shape[-1])
+  span = jax.jit(jax.vmap(jax.vmap(lambda x: pack_lanes(x, lanes)[3])))(jnp.asarray(tasks))
+  return int(lanes * np.asarray(span).sum())

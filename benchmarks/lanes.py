@@ -28,13 +28,11 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from common import compilation_cache, loadavg, table
+from common import compilation_cache, lane_slots, loadavg, table
 
 from experiments.configs import default as default_config
 from fedqs_jax import config as config_lib
-from fedqs_jax import engine as engine_lib
 from fedqs_jax import program
 from fedqs_jax.data import partition
 
@@ -81,15 +79,10 @@ def make_config(args, grid: int, rounds: int):
 
 def executed_steps(eng, mode: str, lengths: np.ndarray) -> int:
   """Local-step slots the engine runs for tasks of `lengths` [G, rounds, K]."""
-  grid, rounds, k = lengths.shape
   if mode == "vmap":  # every task of a round, in every point, as long as the longest
+    grid, _, k = lengths.shape
     return int(grid * k * lengths.max(axis=(0, 2)).sum())
-  groups = eng._device_groups(grid)
-  per_group = lengths.reshape(groups, grid // groups, rounds, k).transpose(0, 2, 1, 3)
-  tasks = per_group.reshape(groups, rounds, -1)
-  lanes = eng.num_lanes(tasks.shape[-1])
-  plan = jax.jit(jax.vmap(jax.vmap(lambda x: engine_lib.pack_lanes(x, lanes)[3])))
-  return int(lanes * np.asarray(plan(jnp.asarray(tasks))).sum())
+  return lane_slots(eng, lengths)
 
 
 def measure(args, data, grid: int, rounds: int, mode: str) -> dict:

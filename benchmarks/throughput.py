@@ -55,7 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from common import loadavg, measure_schedule, table, timed, version
+from common import lane_slots, loadavg, measure_schedule, table, timed, version
 
 from experiments.configs import default as default_config
 from fedqs_jax import config as config_lib
@@ -92,7 +92,9 @@ CNN_MODES = {
   "map/scan": Mode("map", "scan"),
   "unroll/unroll": Mode("unroll", "unroll", "scan", True),
   "vmap/unroll": Mode("vmap", "unroll", "scan", True),
+  "lanes/scan": Mode("lanes", "scan"),
 }
+MLP_MODES = {"vmap": DEFAULT_MODE, "lanes": Mode("lanes")}
 
 TARGETS = {
   "dense_vs_a": 10.0,
@@ -117,6 +119,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   )
   p.add_argument("--cnn_modes", default=",".join(CNN_MODES), help="comma-separated CNN modes")
   p.add_argument("--partitions", default="dirichlet,iid", help="MLP partitions to measure")
+  p.add_argument("--mlp_modes", default=",".join(MLP_MODES), help="comma-separated MLP modes")
   p.add_argument("--lstm_rounds", type=int, default=12, help="measured engine rounds per LSTM mode")
   p.add_argument("--lstm_chunk", type=int, default=4, help="rounds per engine call (LSTM)")
   p.add_argument(
@@ -228,6 +231,8 @@ class Workload:
     steps = np.where(mask, self.task_steps(disp), 0)
     if mode.client_mode == "vmap":
       return int(seeds * width * steps.max(axis=(0, 2)).sum())
+    if mode.client_mode == "lanes":
+      return lane_slots(engine, steps)
     return int(seeds * steps.max(axis=0).sum())
 
 
@@ -576,6 +581,10 @@ def schedule_section(args) -> tuple[list[dict], list[str]]:
 
 
 def mlp_section(args, peaks, report) -> dict:
+  mlp_modes = [m for m in args.mlp_modes.split(",") if m]
+  unknown = [m for m in mlp_modes if m not in MLP_MODES]
+  if unknown:
+    raise SystemExit(f"unknown --mlp_modes {unknown}; expected some of {list(MLP_MODES)}")
   out = {}
   rows = []
   b = default_config.get_config().local.batch_size
@@ -583,7 +592,8 @@ def mlp_section(args, peaks, report) -> dict:
     total_rounds = (args.rounds // args.chunk + 2) * args.chunk
     w = make_workload("mlp", partition, max(total_rounds, args.baseline_rounds))
     flops = mlp_step_flops(jax.tree.map(lambda x: x[0], w.params), b)
-    eng = measure_engine(w, args.rounds, args.chunk)
+    engines = {m: measure_engine(w, args.rounds, args.chunk, MLP_MODES[m]) for m in mlp_modes}
+    eng = max(engines.values(), key=lambda r: r["steps_per_s"])  # the ratios' engine
     a = baseline_a(w, args.baseline_rounds)
     bb = baseline_b(w, args.baseline_rounds)
     counts = np.asarray(w.data.client_count)
@@ -597,14 +607,16 @@ def mlp_section(args, peaks, report) -> dict:
         "empty": int((counts == 0).sum()),
       },
       "engine": eng,
+      "engines": engines,
       "a": a,
       "b": bb,
       "engine_vs_a": eng["steps_per_s"] / a["steps_per_s"],
       "engine_vs_b": eng["steps_per_s"] / bb["steps_per_s"],
     }
-    for r in (eng, a, bb):
+    for r in (*engines.values(), a, bb):
       r["gflops"] = r["steps_per_s"] * flops / 1e9
-    eng["gflops_executed"] = eng["gflops"] / eng["useful_fraction"]
+    for r in engines.values():
+      r["gflops_executed"] = r["gflops"] / r["useful_fraction"]
     out[partition] = res
     peak = peaks.get("matmul 1024x1024 f32") or max(peaks.values(), default=float("nan"))
 
@@ -618,7 +630,7 @@ def mlp_section(args, peaks, report) -> dict:
       return head + [f"{res[ratio]:.1f}x", f">={t:.0f}x", verdict(res[ratio], t)]
 
     rows += [
-      row(f"engine {eng['mode']}", eng),
+      *[row(f"engine {r['mode']}", r) for r in engines.values()],
       row("(a) per-client jit loop", a, "engine_vs_a", "dense_vs_a"),
       row("(b) per-step jit loop", bb, "engine_vs_b", "dense_vs_b"),
     ]
@@ -638,21 +650,23 @@ def mlp_section(args, peaks, report) -> dict:
   ]
   report.append(
     "== MLP (hidden 64): engine vs Python-loop baselines ==\n"
-    "   %peak is of the 1024x1024 matmul; engine/x = engine steps/s / this runner's steps/s\n"
-    + table(header, rows, left=2)
+    "   %peak is of the 1024x1024 matmul; engine/x = the faster engine's steps/s / this "
+    "runner's steps/s\n" + table(header, rows, left=2)
   )
   notes = []
   for partition, res in out.items():
-    eng = res["engine"]
     cs = res["client_sizes"]
     notes.append(
       f"   {partition}: {res['flops_per_step'] / 1e6:.3f} MFLOP/step; client sizes "
-      f"{cs['min']}..{cs['max']} (mean {cs['mean']:.1f}, {cs['empty']} empty); useful fraction "
-      f"(real / executed local steps, padding included) {100 * eng['useful_fraction']:.0f}%, "
-      f"executed {eng['gflops_executed']:.2f} GFLOP/s; "
-      f"chunk {eng['chunk_s_median'] * 1e3:.1f} ms / {eng['chunk']} rounds; "
+      f"{cs['min']}..{cs['max']} (mean {cs['mean']:.1f}, {cs['empty']} empty); "
       f"init (compile + version-0 dispatch) {res['init_s']:.2f} s"
     )
+    for name, eng in res["engines"].items():
+      notes.append(
+        f"     {name}: useful fraction (real / executed local steps, padding included) "
+        f"{100 * eng['useful_fraction']:.0f}%, executed {eng['gflops_executed']:.2f} GFLOP/s; "
+        f"chunk {eng['chunk_s_median'] * 1e3:.1f} ms / {eng['chunk']} rounds"
+      )
   report.append("\n".join(notes))
   return out
 
