@@ -280,8 +280,8 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
   check(loc.clip > 0, "local.clip", loc.clip, "must be > 0")
 
   e = config.engine
-  check(e.client_mode in CLIENT_MODES, "engine.client_mode", e.client_mode,
-        f"must be one of {CLIENT_MODES}")  # fmt: skip
+  check(e.client_mode in (*CLIENT_MODES, "auto"), "engine.client_mode", e.client_mode,
+        f"must be one of {(*CLIENT_MODES, 'auto')}")  # fmt: skip
   check(e.round_mode in ROUND_MODES, "engine.round_mode", e.round_mode,
         f"must be one of {ROUND_MODES}")  # fmt: skip
   check(e.local_loop in LOCAL_LOOPS, "engine.local_loop", e.local_loop,
@@ -289,7 +289,7 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None = None) -> N
   check(e.local_unroll >= 1, "engine.local_unroll", e.local_unroll, "must be >= 1")
   lanes = e.get("lanes", 0)
   check(isinstance(lanes, int) and not isinstance(lanes, bool) and lanes >= 0, "engine.lanes",
-        lanes, "must be an integer >= 0 (lanes per device in client_mode='lanes'; 0: auto)")  # fmt: skip
+        lanes, "must be an integer >= 0 (lanes per device; 0: sized from the data)")  # fmt: skip
   check(e.eval_every >= 1 and s.num_rounds % e.eval_every == 0, "engine.eval_every",
         e.eval_every, f"must be >= 1 and divide schedule.num_rounds={s.num_rounds}")  # fmt: skip
   every = e.get("checkpoint_every", 0)

@@ -27,7 +27,7 @@ from fedqs_jax import config as config_lib
 from fedqs_jax import pretrained as pretrained_lib
 from fedqs_jax.algorithms.base import LOCAL_HPARAMS, Algorithm
 from fedqs_jax.data.base import FederatedData
-from fedqs_jax.engine import Engine, ExecConfig, LocalConfig
+from fedqs_jax.engine import Engine, ExecConfig, LocalConfig, auto_client_mode
 from fedqs_jax.models import dual
 
 # Independent PRNG streams of a seed (fold_in of the seed's root key).
@@ -165,7 +165,7 @@ def make_engine(
     train_fn=model.train,
     local=LocalConfig(batch_size=loc.batch_size, epochs=loc.epochs, steps=loc.steps),
     execution=ExecConfig(
-      client_mode=e.client_mode,
+      client_mode=auto_client_mode() if e.client_mode == "auto" else e.client_mode,
       round_mode=e.round_mode,
       local_loop=e.local_loop,
       local_unroll=e.local_unroll,

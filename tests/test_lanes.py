@@ -85,3 +85,13 @@ def test_lanes_train_a_grid_exactly_like_lockstep(name):
   for key in ("test_loss", "test_accuracy", "train_loss"):
     np.testing.assert_allclose(lanes[key], lock[key], rtol=1e-5, atol=1e-6)
   assert not np.allclose(lock["test_loss"][0], lock["test_loss"][1])  # the points differ
+
+
+def test_auto_client_mode_is_lockstep_on_cpu_and_lanes_on_accelerators():
+  c = tiny_config()
+  assert c.engine.client_mode == "auto"  # the default
+  data = data_lib.load(c.data, c.data.seed)
+  eng = program.build_program(c, "fedavg", data, num_slots=data.num_clients).engine
+  assert eng.execution.client_mode == engine.auto_client_mode(jax.default_backend())
+  assert engine.auto_client_mode("cpu") == "vmap"
+  assert engine.auto_client_mode("gpu") == engine.auto_client_mode("tpu") == "lanes"

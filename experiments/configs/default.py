@@ -76,7 +76,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.local.clip = 20.0
 
   config.engine = ml_collections.ConfigDict()
-  config.engine.client_mode = "vmap"
+  # How a round's tasks train: "vmap" (lockstep), "map", "unroll", "lanes" (work-balanced:
+  # packed back to back, no padding steps) or "auto" (per backend: vmap on CPU, lanes on
+  # accelerators; see fedqs_jax/engine.py).
+  config.engine.client_mode = "auto"
   config.engine.round_mode = "scan"
   config.engine.local_loop = "while"  # or "scan" (static step count, can be unrolled)
   config.engine.local_unroll = 1  # scan unroll factor; >= the step count unrolls fully
