@@ -12,6 +12,17 @@ plus `--resume`. Under several hosts, start the same command in each
 with `--distributed` (and, outside SLURM/TPU, `--coordinator_address`,
 `--num_processes`, `--process_id`).
 
+Sweeps: `--sweep=NAME=v1,v2,...` (repeatable; the axes multiply) sweeps a config field
+(`schedule.protocol`, `data.num_clients`...) or a hyperparameter (`local.lr`,
+`fedbuff.beta`), and `--zip=A,B` pairs swept axes instead (equal lengths):
+
+  python -m experiments.main --workdir=runs/wc --config.algorithms=fedavg,fedsgd \
+      --sweep=schedule.protocol=sync,semi_async --sweep=local.lr=0.05,0.1
+
+is the same run as a config file whose `get_sweep()` returns `sweep.product(sweep.axis(
+"schedule.protocol", ["sync", "semi_async"]), sweep.axis("local.lr", [0.05, 0.1]))`, and
+multiplies with a config file's own sweep (see `fedqs_jax.sweep`). The grid is printed first.
+
 Bad input (flags, the config file, its overrides, the workdir) prints one line and exits 2.
 This file is intentionally short: the work is in `fedqs_jax.run`.
 """
@@ -32,6 +43,18 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Run under jax.distribute
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes of the run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_SWEEP = flags.DEFINE_multi_string(
+  "sweep",
+  [],
+  "A swept axis, NAME=v1,v2,... (repeatable: the axes multiply), e.g. "
+  "--sweep=schedule.protocol=sync,semi_async --sweep=local.lr=0.01,0.1.",
+)
+_ZIP = flags.DEFINE_multi_string(
+  "zip",
+  [],
+  "--sweep axes to pair instead of multiply, A,B,... (repeatable; equally many "
+  "values each), e.g. --zip=fedqs.a,fedqs.k.",
+)
 _CONFIG_FILE = []  # the --config file's path, set by `parse_flags`
 
 
@@ -46,10 +69,15 @@ def main(argv):
   from fedqs_jax import distributed, run, sweep  # after flag parsing: importing jax is not free
 
   config = sweep.with_file_sweep(FLAGS.config, _CONFIG_FILE[-1])
+  config = sweep.with_flag_sweep(config, _SWEEP.value, _ZIP.value)
+  sweep.check_groups(config)
   if _DISTRIBUTED.value:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     if distributed.is_writer():  # only process 0 writes the workdir
       cli.check_writable_folder("workdir", _WORKDIR.value)
+  grid = sweep.describe(config)
+  if grid and distributed.is_writer():
+    print(grid, flush=True)
   run.run(config, _WORKDIR.value, resume=_RESUME.value, overwrite=_OVERWRITE.value)
 
 

@@ -194,6 +194,7 @@ def check_overrides(config: ml_collections.ConfigDict, argv: list[str]) -> None:
     if has_value is None and not negated and i + 1 < len(argv) and argv[i + 1][:1] != "-":
       value = argv[i + 1]  # `--config.a.b v`
     node, where, parts = config, "config", path.split(".")
+    _check_static_sweep(config, parts, value if not negated else None)
     for depth, part in enumerate(parts):
       if not isinstance(node, ml_collections.ConfigDict):
         break  # inside a tuple or object value: config_flags decides
@@ -206,6 +207,30 @@ def check_overrides(config: ml_collections.ConfigDict, argv: list[str]) -> None:
       last = path.rsplit(".", 1)[-1]
       if value is not None and not negated:
         _check_value(where.removeprefix("config."), _type(parent, last), parent[last], value)
+
+
+def _is_field(config: ml_collections.ConfigDict, parts: Sequence[str]) -> bool:
+  node = config
+  for part in parts:
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      return False
+    node = node[part]
+  return not isinstance(node, ml_collections.ConfigDict)
+
+
+def _check_static_sweep(config: ml_collections.ConfigDict, parts: list[str], value) -> None:
+  """`--config.sweep.<name>` takes the dynamic hyperparameters only (the fields of
+  `config.sweep`); for a static config field (`schedule.protocol`) name the flag that
+  sweeps it: `--sweep=schedule.protocol=v1,v2`."""
+  if len(parts) < 3 or parts[0] != "sweep" or _is_field(config, parts):
+    return
+  name = ".".join(parts[1:])
+  if parts[1] != "sweep" and _is_field(config, parts[1:]):
+    raise ConfigError(
+      f"config.sweep.{name} is not a --config.sweep name: --config.sweep takes the "
+      f"hyperparameters swept within one program (local.lr, fedbuff.beta...), and {name} is "
+      f"a config field, swept by --sweep={name}={value or 'v1,v2'}"
+    )
 
 
 def _is_number(v) -> bool:
