@@ -154,4 +154,5 @@ def test_never_reached_seeds_are_shown_not_averaged():
 def test_unfinished_workdir_is_refused(tmp_path):
   out = _python("experiments.wallclock_table", f"--workdir={tmp_path}", check=False)
   assert out.returncode == 2
-  assert out.stderr.startswith("error: workdir=") and len(out.stderr.strip().splitlines()) == 1
+  errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and errors[0].startswith("error: workdir="), out.stderr
