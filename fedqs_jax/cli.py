@@ -21,9 +21,10 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 import ml_collections
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections.config_flags import tuple_parser
 
+from fedqs_jax import compilation_cache
 from fedqs_jax.errors import ConfigError, check
 
 # `--config.a.b=v`, `--config.a.b v`, `--noconfig.a.b` (as ml_collections' config_flags).
@@ -72,10 +73,14 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def run(main: Callable[[list[str]], None], flags_parser=parse_flags) -> None:
-  """`absl.app.run(main)`; a `ConfigError` from `main` is one line and exit 2."""
+  """`absl.app.run(main)` with the persistent compilation cache on (`--compilation_cache`);
+  a `ConfigError` from `main` is one line and exit 2."""
 
   def checked_main(argv):
+    if not flags.FLAGS["verbosity"].present:  # JAX and orbax log routine steps at INFO
+      logging.set_verbosity(logging.WARNING)
     try:
+      compilation_cache.enable_from_flags()  # before anything compiles; never in --workdir
       return main(argv)
     except ConfigError as e:
       fail(e)

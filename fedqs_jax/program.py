@@ -267,9 +267,11 @@ def memory_estimate(
   )
 
 
-def check_memory(program: Program, data: FederatedData, sched: schedule.Schedule) -> None:
-  """Raises `ConfigError` if the program's grid does not fit the device (see `memory`)."""
+def check_memory(program: Program, data: FederatedData, sched: schedule.Schedule) -> dict[str, Any]:
+  """The program's `memory_estimate`; raises `ConfigError` if its grid does not fit the
+  device (see `memory`)."""
   estimate = memory_estimate(program, data, sched)
   limit_gb = program.config.engine.get("memory_limit_gb", 0.0)
   limit = int(limit_gb * 2**30) if limit_gb > 0 else memory.available_bytes()
   memory.check_fits(estimate, limit)
+  return estimate

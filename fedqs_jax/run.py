@@ -173,7 +173,9 @@ def run(
   early = jax.process_count() == 1 and os.path.isdir(workdir)
   lock = workdir_lib.claim(config, workdir, resume, overwrite) if early else None
   try:
-    groups, stamps = _prepare(config, workdir)
+    groups, stamps, estimates = _prepare(config, workdir)
+    if distributed.is_writer() and sweep.points(config) != [{}]:
+      print(sweep.describe_memory(estimates), file=stream, flush=True)
     if not early:
       lock = workdir_lib.claim(config, workdir, resume, overwrite)
     return _train_and_write(config, workdir, stream, resume, groups, stamps, command)
@@ -182,20 +184,21 @@ def run(
       lock.release()
 
 
-def _prepare(config: ml_collections.ConfigDict, workdir: str) -> tuple[list, dict]:
+def _prepare(config: ml_collections.ConfigDict, workdir: str) -> tuple[list, dict, list]:
   """Every group validated, its data loaded, its schedule built and its programs'
-  memory checked; and each algorithm's checkpoint folder with its fingerprint."""
-  groups, stamps = [], {}
+  memory checked; each algorithm's checkpoint folder with its fingerprint, and each
+  program's (static group, algorithm, memory estimate)."""
+  groups, stamps, estimates = [], {}, []
   for static, group_config in sweep.groups(config):
     config_lib.validate(group_config)
     data = data_lib.load(group_config.data, group_config.data.seed)
     sched = program.make_schedule(group_config)
     for name in config_lib.algorithm_names(config):
       prog = program.build_program(group_config, name, data, sched.num_slots)
-      program.check_memory(prog, data, sched)
+      estimates.append((static, name, program.check_memory(prog, data, sched)))
       stamps[_checkpoint_dir(workdir, sweep.label(static), name)] = fingerprint(prog)
     groups.append((static, group_config, data, sched))
-  return groups, stamps
+  return groups, stamps, estimates
 
 
 def _checkpoint_dir(workdir: str, tag: str, name: str) -> str:

@@ -160,3 +160,16 @@ def test_second_process_loads_the_first_ones_program(tmp_path):
   off = child("off")
   assert off == {"folder": None, "hits": 0}
   assert not (tmp_path / "xdg").exists()  # off: nothing written, not even the default
+
+
+def test_bad_input_with_the_cache_on_is_still_one_line(tmp_path):
+  env = {**os.environ, cc.ENV: str(tmp_path / "cache"), "JAX_PLATFORMS": "cpu"}
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run(
+    [sys.executable, "-m", "experiments.main", f"--workdir={tmp_path / 'w'}",
+     "--config.local.lr=-1"],
+    cwd=root, env=env, capture_output=True, text=True, timeout=300,
+  )  # fmt: skip
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines() == ["error: local.lr=-1.0 is invalid: must be > 0"]
+  assert (tmp_path / "cache").is_dir()  # the cache was on

@@ -107,6 +107,9 @@ def test_a_static_and_zipped_sweep_from_flags_runs_and_prints_its_grid(runs):
     "  schedule.protocol=sync: fedavg 2 points",
     "  schedule.protocol=semi_async: fedavg 2 points",
   ]
+  memory_line = stdout.splitlines()[3]  # once the groups' programs are built, before training
+  assert memory_line.startswith("memory: largest program fedavg[schedule.protocol="), memory_line
+  assert "GiB per device (2 grid entries x " in memory_line
   with open(workdir / "summary.csv") as f:
     rows = list(csv.DictReader(f))
   assert sorted((r["schedule.protocol"], r["local.lr"], r["local.momentum"]) for r in rows) == [
