@@ -274,7 +274,7 @@ def parse_mode(name: str):
 
 
 # Client modes whose executed step slots `throughput.Workload.executed_steps` knows.
-KNOWN_PACKING = ("vmap", "map", "unroll")
+KNOWN_PACKING = ("vmap", "map", "unroll", "lanes")
 
 
 def cifar_shaped_data(config, per_class: int, test_size: int):

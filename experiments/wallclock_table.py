@@ -29,13 +29,17 @@ from absl import flags
 
 from fedqs_jax import cli, io
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A finished run's folder.", required=True)
-_OUT = flags.DEFINE_string("out", None, "The plot's path (default: WORKDIR/wallclock.png).")
-_REFERENCE = flags.DEFINE_string(
-  "reference", "fedavg", "The algorithm whose synchronous groups the reductions compare with."
-)
-
 PLOT = "wallclock.png"
+
+
+def define_flags() -> None:
+  """The command line's flags (defined when run, so that importing `table` and `plot`
+  defines none)."""
+  flags.DEFINE_string("workdir", None, "A finished run's folder.", required=True)
+  flags.DEFINE_string("out", None, "The plot's path (default: WORKDIR/wallclock.png).")
+  flags.DEFINE_string(
+    "reference", "fedavg", "The algorithm whose synchronous groups the reductions compare with."
+  )
 
 
 def group_name(row: dict, schedule: dict) -> str:
@@ -162,7 +166,7 @@ def _read_csv(path: str) -> list[dict]:
 
 def main(argv):
   cli.check_no_arguments(argv)
-  workdir = _WORKDIR.value
+  workdir = flags.FLAGS.workdir
   if not os.path.isdir(workdir):
     cli.fail(f"workdir={workdir!r} is invalid: not a folder")
   problem = io.manifest_problem(workdir, ("summary.csv", "metrics.csv", "config.json"))
@@ -174,12 +178,13 @@ def main(argv):
   if not summary or "time_to_target" not in summary[0]:
     cli.fail(f"workdir={workdir!r} is invalid: summary.csv has no time_to_target column")
   target = float(config["target_accuracy"])
-  print(table(summary, config["schedule"], target, _REFERENCE.value), file=sys.stdout)
-  out = _OUT.value or os.path.join(workdir, PLOT)
+  print(table(summary, config["schedule"], target, flags.FLAGS.reference), file=sys.stdout)
+  out = flags.FLAGS.out or os.path.join(workdir, PLOT)
   cli.check_writable_file("out", out)
   plot(_read_csv(os.path.join(workdir, "metrics.csv")), config["schedule"], target, out)
   print(f"wrote {out}", file=sys.stdout)
 
 
 if __name__ == "__main__":
+  define_flags()
   cli.run(main)
