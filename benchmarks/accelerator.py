@@ -247,13 +247,14 @@ def trimmed_sizes(cpu_smoke: bool, budget_s: float, grid_sizes: list[int]) -> di
 
 def engine_modes():
   """The execution modes measured: every client mode with the default round mode and local
-  loop, then every other round mode and local loop with vmap clients. Modes that unroll
-  come last (their compile grows with the unrolled work)."""
+  loop, then every other round mode and local loop with vmap clients. Lockstep and the
+  accelerators' default (`engine.auto_client_mode`) come first, modes that unroll last
+  (their compile grows with the unrolled work)."""
   from throughput import DEFAULT_MODE
 
   from fedqs_jax import engine
 
-  modes = [DEFAULT_MODE]
+  modes = [DEFAULT_MODE, DEFAULT_MODE._replace(client_mode=engine.auto_client_mode("gpu"))]
   modes += [DEFAULT_MODE._replace(client_mode=m) for m in engine.CLIENT_MODES]
   modes += [DEFAULT_MODE._replace(round_mode=m) for m in engine.ROUND_MODES]
   modes += [DEFAULT_MODE._replace(local_loop=m) for m in engine.LOCAL_LOOPS]
