@@ -165,7 +165,10 @@ def run(
   process's, shell-quoted); a resumed run's report.md is rewritten with its own.
   """
   command = report.command_line() if command is None else command
-  config_lib.validate(config, workdir)
+  # Every static group's config is valid (a swept field's unswept value need not be),
+  # and so is the workdir.
+  sweep.check_groups(config)
+  config_lib.validate(sweep.groups(config)[0][1], workdir)
   check(not (resume and overwrite), "--overwrite", True,
         "--resume continues the run in the workdir, --overwrite starts over: not both")  # fmt: skip
   # A workdir that exists is claimed at once (a busy or used one fails fast); a new one

@@ -284,3 +284,20 @@ def test_describe_memory_names_the_largest_program():
     "  schedule.buffer_size=2: fedavg 1 point, fedbuff 3 points",
     "  schedule.buffer_size=4: fedavg 1 point, fedbuff 3 points",
   ]
+
+
+def test_a_swept_field_may_be_invalid_unswept_when_every_group_is_valid(tmp_path):
+  from fedqs_jax import run
+  from tests.common import tiny_config
+
+  def config():
+    return tiny_config(**{"schedule.buffer_size": 20, "schedule.num_rounds": 5})  # N = 12
+
+  with pytest.raises(ConfigError, match="schedule.buffer_size=20"):
+    run.run(config(), str(tmp_path / "alone"))
+  swept = sweep.with_flag_sweep(config(), ["schedule.buffer_size=2,4"])
+  out = run.run(swept, str(tmp_path / "swept"))
+  assert set(out["schedule"]) == {"schedule.buffer_size=2", "schedule.buffer_size=4"}
+  bad = sweep.with_flag_sweep(config(), ["schedule.buffer_size=2,40"])
+  with pytest.raises(ConfigError, match="sweep group schedule.buffer_size=40"):
+    run.run(bad, str(tmp_path / "bad"))
